@@ -1,0 +1,14 @@
+//! sdweb: Stable Diffusion (SD 1.x / 2.x) on burn-wgpu, matching diffusers numerically.
+//!
+//! Modules mirror diffusers by name: `models::clip_text_model` (transformers' CLIPTextModel),
+//! `models::unet_2d_condition`, `models::autoencoder_kl`, `schedulers::*`.
+
+pub mod config;
+pub mod models;
+pub mod noise;
+pub mod npy;
+pub mod pipeline;
+pub mod png_meta;
+pub mod schedulers;
+pub mod tokenizer;
+pub mod weights;

@@ -1,0 +1,6 @@
+pub mod attention;
+pub mod autoencoder_kl;
+pub mod clip_text_model;
+pub mod nn;
+pub mod resnet;
+pub mod unet_2d_condition;

@@ -1,0 +1,205 @@
+//! Layers shared by CLIP, UNet and VAE, loaded from PyTorch-layout weights.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation;
+use burn::tensor::module::{attention, conv2d, interpolate, layer_norm};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, InterpolateMode, InterpolateOptions};
+
+use crate::weights::{WeightError, Weights};
+
+/// torch.nn.Linear; the weight is kept as burn's `[in, out]` layout.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    pub fn load(
+        w: &Weights,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self, WeightError> {
+        let weight = w.get::<2>("weight", [out_dim, in_dim])?.transpose();
+        let bias = if bias {
+            Some(w.get::<1>("bias", [out_dim])?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::linear(x, self.weight.clone(), self.bias.clone())
+    }
+}
+
+/// torch.nn.Conv2d with square kernels; `padding` may be asymmetric (VAE downsampling).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+}
+
+impl Conv2d {
+    pub fn load(
+        w: &Weights,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self, WeightError> {
+        let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
+        Self::load_with(w, in_ch, out_ch, kernel, options)
+    }
+
+    pub fn load_with(
+        w: &Weights,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        options: ConvOptions<2>,
+    ) -> Result<Self, WeightError> {
+        Ok(Self {
+            weight: w.get::<4>("weight", [out_ch, in_ch, kernel, kernel])?,
+            bias: Some(w.get::<1>("bias", [out_ch])?),
+            options,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        conv2d(
+            x,
+            self.weight.clone(),
+            self.bias.clone(),
+            self.options.clone(),
+        )
+    }
+}
+
+/// torch.nn.GroupNorm over `[N, C, H, W]` (or `[N, C, L]` reshaped by the caller).
+#[derive(Clone, Debug)]
+pub struct GroupNorm {
+    groups: usize,
+    eps: f64,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+}
+
+impl GroupNorm {
+    pub fn load(
+        w: &Weights,
+        groups: usize,
+        channels: usize,
+        eps: f64,
+    ) -> Result<Self, WeightError> {
+        assert!(
+            channels % groups == 0,
+            "{channels} channels not divisible into {groups} groups"
+        );
+        Ok(Self {
+            groups,
+            eps,
+            gamma: w.get::<1>("weight", [channels])?,
+            beta: w.get::<1>("bias", [channels])?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [n, c, h, wd] = x.dims();
+        let grouped = x.reshape([n, self.groups, (c / self.groups) * h * wd]);
+        // Two-pass variance (as PyTorch) avoids the cancellation of E[x²] - E[x]².
+        let mean = grouped.clone().mean_dim(2);
+        let centered = grouped - mean;
+        let var = centered.clone().square().mean_dim(2);
+        let normed = centered / (var + self.eps).sqrt();
+        let normed = normed.reshape([n, c, h, wd]);
+        normed * self.gamma.clone().reshape([1, c, 1, 1]) + self.beta.clone().reshape([1, c, 1, 1])
+    }
+}
+
+/// torch.nn.LayerNorm over the last dimension.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    eps: f64,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+}
+
+impl LayerNorm {
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self, WeightError> {
+        Ok(Self {
+            eps,
+            gamma: w.get::<1>("weight", [dim])?,
+            beta: w.get::<1>("bias", [dim])?,
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), self.eps)
+    }
+}
+
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    activation::silu(x)
+}
+
+/// Exact (erf) GELU, as torch's default.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    activation::gelu(x)
+}
+
+/// CLIP's `x * sigmoid(1.702 x)`.
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * activation::sigmoid(x * 1.702)
+}
+
+/// Nearest-neighbour 2× upsampling (diffusers' Upsample2D).
+pub fn upsample_nearest_2x(x: Tensor<4>) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    interpolate(
+        x,
+        InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * 2, w * 2]),
+    )
+}
+
+/// Bytes of attention scores we let one attention call materialise: if the backend picks a
+/// non-flash kernel, scores are `[B, H, chunk, S_k]`; chunking queries keeps that bounded
+/// (SD's 4096×4096 self-attention at batch 2 would otherwise need 1 GiB).
+const MAX_SCORE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Scaled dot-product attention on `[B, H, S, Dh]`, chunked over queries.
+pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let [b, h, s_q, _] = q.dims();
+    let s_k = k.dims()[2];
+    let per_query = b * h * s_k * 4;
+    let chunk = (MAX_SCORE_BYTES / per_query.max(1)).max(1);
+    let options = AttentionModuleOptions::default();
+    if chunk >= s_q {
+        return attention(q, k, v, None, None, options);
+    }
+    let outputs: Vec<Tensor<4>> = (0..s_q)
+        .step_by(chunk)
+        .map(|start| {
+            let len = chunk.min(s_q - start);
+            let q_chunk = q.clone().narrow(2, start, len);
+            attention(q_chunk, k.clone(), v.clone(), None, None, options.clone())
+        })
+        .collect();
+    Tensor::cat(outputs, 2)
+}
+
+/// Splits `[B, S, H*Dh]` into heads `[B, H, S, Dh]`.
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, s, d] = x.dims();
+    x.reshape([b, s, heads, d / heads]).swap_dims(1, 2)
+}
+
+/// Inverse of [`split_heads`].
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, s, dh] = x.dims();
+    x.swap_dims(1, 2).reshape([b, s, h * dh])
+}

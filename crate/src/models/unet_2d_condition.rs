@@ -1,0 +1,403 @@
+//! diffusers' UNet2DConditionModel, for the configurations SD 1.x and 2.x use.
+
+use burn::tensor::{Tensor, TensorData};
+use serde_json::json;
+
+use super::attention::{Transformer2DModel, TransformerConfig};
+use super::nn::{Conv2d, GroupNorm, Linear, silu};
+use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use crate::config::{ConfigError, ConfigReader};
+use crate::weights::{WeightError, Weights};
+
+#[derive(Clone, Debug)]
+pub struct UNet2DConditionConfig {
+    pub sample_size: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: Vec<usize>,
+    pub downsample_padding: usize,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+    pub cross_attention_dim: usize,
+    pub transformer_layers_per_block: Vec<usize>,
+    /// Heads per level (diffusers' `attention_head_dim` means heads for SD, a naming quirk).
+    pub num_attention_heads: Vec<usize>,
+    pub use_linear_projection: bool,
+    pub upcast_attention: bool,
+}
+
+impl UNet2DConditionConfig {
+    pub fn from_reader(mut c: ConfigReader) -> Result<Self, ConfigError> {
+        let block_out_channels = c.usize_list("block_out_channels", &[320, 640, 1280, 1280])?;
+        let levels = block_out_channels.len();
+        let down_block_types = c.string_list(
+            "down_block_types",
+            &[
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            ],
+        )?;
+        let up_block_types = c.string_list(
+            "up_block_types",
+            &[
+                "UpBlock2D",
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+            ],
+        )?;
+        for (key, types, known) in [
+            (
+                "down_block_types",
+                &down_block_types,
+                ["CrossAttnDownBlock2D", "DownBlock2D"],
+            ),
+            (
+                "up_block_types",
+                &up_block_types,
+                ["CrossAttnUpBlock2D", "UpBlock2D"],
+            ),
+        ] {
+            if types.len() != levels {
+                return Err(c.unsupported(
+                    key,
+                    types.len(),
+                    "must have one entry per block_out_channels level",
+                ));
+            }
+            if let Some(t) = types.iter().find(|t| !known.contains(&t.as_str())) {
+                return Err(c.unsupported(
+                    key,
+                    t,
+                    "only the SD 1.x/2.x block types are implemented",
+                ));
+            }
+        }
+        let attention_head_dim = c.usize_per_level("attention_head_dim", levels, 8)?;
+        let num_attention_heads = match c.raw("num_attention_heads").cloned() {
+            None => attention_head_dim,
+            Some(_) => c.usize_per_level("num_attention_heads", levels, 8)?,
+        };
+        let config = Self {
+            sample_size: c.usize_or("sample_size", 64)?,
+            in_channels: c.usize_or("in_channels", 4)?,
+            out_channels: c.usize_or("out_channels", 4)?,
+            flip_sin_to_cos: c.bool_or("flip_sin_to_cos", true)?,
+            freq_shift: c.f64_or("freq_shift", 0.0)?,
+            layers_per_block: c.usize_per_level("layers_per_block", levels, 2)?,
+            downsample_padding: c.usize_or("downsample_padding", 1)?,
+            norm_num_groups: c.usize_or("norm_num_groups", 32)?,
+            norm_eps: c.f64_or("norm_eps", 1e-5)?,
+            cross_attention_dim: c.usize_or("cross_attention_dim", 1280)?,
+            transformer_layers_per_block: c.usize_per_level(
+                "transformer_layers_per_block",
+                levels,
+                1,
+            )?,
+            use_linear_projection: c.bool_or("use_linear_projection", false)?,
+            upcast_attention: c.bool_or("upcast_attention", false)?,
+            down_block_types,
+            up_block_types,
+            block_out_channels,
+            num_attention_heads,
+        };
+        let math = "changes the UNet's computation and is not implemented";
+        c.require("center_input_sample", json!(false), math)?;
+        c.require("mid_block_type", json!("UNetMidBlock2DCrossAttn"), math)?;
+        c.require("only_cross_attention", json!(false), math)?;
+        c.require("mid_block_scale_factor", json!(1), math)?;
+        c.require("act_fn", json!("silu"), math)?;
+        c.require("dual_cross_attention", json!(false), math)?;
+        c.require("resnet_time_scale_shift", json!("default"), math)?;
+        c.require("resnet_skip_time_act", json!(false), math)?;
+        c.require("resnet_out_scale_factor", json!(1.0), math)?;
+        c.require("time_embedding_type", json!("positional"), math)?;
+        c.require("conv_in_kernel", json!(3), math)?;
+        c.require("conv_out_kernel", json!(3), math)?;
+        c.require("attention_type", json!("default"), math)?;
+        c.require("class_embeddings_concat", json!(false), math)?;
+        c.require(
+            "addition_embed_type_num_heads",
+            json!(64),
+            "only used by addition embeddings",
+        )?;
+        for key in [
+            "class_embed_type",
+            "addition_embed_type",
+            "addition_time_embed_dim",
+            "num_class_embeds",
+            "encoder_hid_dim",
+            "encoder_hid_dim_type",
+            "time_embedding_dim",
+            "time_embedding_act_fn",
+            "timestep_post_act",
+            "time_cond_proj_dim",
+            "projection_class_embeddings_input_dim",
+            "mid_block_only_cross_attention",
+            "cross_attention_norm",
+            "reverse_transformer_layers_per_block",
+        ] {
+            if let Some(v) = c.raw(key).cloned() {
+                return Err(c.unsupported(key, v, math));
+            }
+        }
+        c.ignore(&["dropout"]);
+        c.finish()?;
+        Ok(config)
+    }
+
+    pub fn time_embed_dim(&self) -> usize {
+        self.block_out_channels[0] * 4
+    }
+}
+
+struct DownBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2DModel>,
+    downsampler: Option<Downsample2D>,
+}
+
+struct UpBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2DModel>,
+    upsampler: Option<Upsample2D>,
+}
+
+pub struct UNet2DConditionModel {
+    config: UNet2DConditionConfig,
+    time_linear_1: Linear,
+    time_linear_2: Linear,
+    conv_in: Conv2d,
+    down_blocks: Vec<DownBlock>,
+    mid_resnets: [ResnetBlock2D; 2],
+    mid_attention: Transformer2DModel,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl UNet2DConditionModel {
+    pub fn load(w: &Weights, config: UNet2DConditionConfig) -> Result<Self, WeightError> {
+        let c = &config;
+        let ch = &c.block_out_channels;
+        let levels = ch.len();
+        let temb = c.time_embed_dim();
+        let groups = c.norm_num_groups;
+        let resnet = |w: &Weights, i: usize, o: usize| {
+            ResnetBlock2D::load(w, i, o, Some(temb), groups, c.norm_eps)
+        };
+        let transformer = |w: &Weights, channels: usize, heads: usize, layers: usize| {
+            Transformer2DModel::load(
+                w,
+                &TransformerConfig {
+                    heads,
+                    head_dim: channels / heads,
+                    in_channels: channels,
+                    norm_groups: groups,
+                    cross_attention_dim: c.cross_attention_dim,
+                    use_linear_projection: c.use_linear_projection,
+                    layers,
+                },
+            )
+        };
+
+        let mut down_blocks = Vec::new();
+        let mut out_ch = ch[0];
+        for i in 0..levels {
+            let bw = w.pp("down_blocks").pp(i);
+            let in_ch = out_ch;
+            out_ch = ch[i];
+            let has_attn = c.down_block_types[i].starts_with("CrossAttn");
+            let n = c.layers_per_block[i];
+            down_blocks.push(DownBlock {
+                resnets: (0..n)
+                    .map(|j| {
+                        resnet(
+                            &bw.pp("resnets").pp(j),
+                            if j == 0 { in_ch } else { out_ch },
+                            out_ch,
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+                attentions: if has_attn {
+                    (0..n)
+                        .map(|j| {
+                            transformer(
+                                &bw.pp("attentions").pp(j),
+                                out_ch,
+                                c.num_attention_heads[i],
+                                c.transformer_layers_per_block[i],
+                            )
+                        })
+                        .collect::<Result<_, _>>()?
+                } else {
+                    Vec::new()
+                },
+                downsampler: (i + 1 < levels)
+                    .then(|| {
+                        Downsample2D::load(
+                            &bw.pp("downsamplers").pp(0),
+                            out_ch,
+                            out_ch,
+                            c.downsample_padding,
+                        )
+                    })
+                    .transpose()?,
+            });
+        }
+
+        let mw = w.pp("mid_block");
+        let mid = ch[levels - 1];
+        let mid_resnets = [
+            resnet(&mw.pp("resnets").pp(0), mid, mid)?,
+            resnet(&mw.pp("resnets").pp(1), mid, mid)?,
+        ];
+        let mid_attention = transformer(
+            &mw.pp("attentions").pp(0),
+            mid,
+            c.num_attention_heads[levels - 1],
+            c.transformer_layers_per_block[levels - 1],
+        )?;
+
+        let rev_ch: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut up_blocks = Vec::new();
+        let mut out_ch = rev_ch[0];
+        for i in 0..levels {
+            let bw = w.pp("up_blocks").pp(i);
+            let prev_out = out_ch;
+            out_ch = rev_ch[i];
+            let in_ch = rev_ch[(i + 1).min(levels - 1)];
+            let level = levels - 1 - i;
+            let has_attn = c.up_block_types[i].starts_with("CrossAttn");
+            let n = c.layers_per_block[level] + 1;
+            up_blocks.push(UpBlock {
+                resnets: (0..n)
+                    .map(|j| {
+                        let skip = if j == n - 1 { in_ch } else { out_ch };
+                        let res_in = if j == 0 { prev_out } else { out_ch };
+                        resnet(&bw.pp("resnets").pp(j), res_in + skip, out_ch)
+                    })
+                    .collect::<Result<_, _>>()?,
+                attentions: if has_attn {
+                    (0..n)
+                        .map(|j| {
+                            transformer(
+                                &bw.pp("attentions").pp(j),
+                                out_ch,
+                                c.num_attention_heads[level],
+                                c.transformer_layers_per_block[level],
+                            )
+                        })
+                        .collect::<Result<_, _>>()?
+                } else {
+                    Vec::new()
+                },
+                upsampler: (i + 1 < levels)
+                    .then(|| Upsample2D::load(&bw.pp("upsamplers").pp(0), out_ch))
+                    .transpose()?,
+            });
+        }
+
+        Ok(Self {
+            time_linear_1: Linear::load(&w.pp("time_embedding").pp("linear_1"), ch[0], temb, true)?,
+            time_linear_2: Linear::load(&w.pp("time_embedding").pp("linear_2"), temb, temb, true)?,
+            conv_in: Conv2d::load(&w.pp("conv_in"), c.in_channels, ch[0], 3, 1, 1)?,
+            conv_norm_out: GroupNorm::load(&w.pp("conv_norm_out"), groups, ch[0], c.norm_eps)?,
+            conv_out: Conv2d::load(&w.pp("conv_out"), ch[0], c.out_channels, 3, 1, 1)?,
+            down_blocks,
+            mid_resnets,
+            mid_attention,
+            up_blocks,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &UNet2DConditionConfig {
+        &self.config
+    }
+
+    /// diffusers' `get_timestep_embedding`, computed in f32 like torch does.
+    pub fn timestep_embedding(&self, timestep: f64, batch: usize) -> Vec<f32> {
+        let dim = self.config.block_out_channels[0];
+        let half = dim / 2;
+        let mut row = vec![0f32; dim];
+        let log_period = -(10000f64.ln());
+        for i in 0..half {
+            let exponent =
+                (log_period * i as f64) as f32 / (half as f64 - self.config.freq_shift) as f32;
+            let arg = timestep as f32 * exponent.exp();
+            let (sin, cos) = (arg.sin(), arg.cos());
+            if self.config.flip_sin_to_cos {
+                row[i] = cos;
+                row[half + i] = sin;
+            } else {
+                row[i] = sin;
+                row[half + i] = cos;
+            }
+        }
+        row.repeat(batch)
+    }
+
+    /// `sample`: `[B, in_channels, h, w]`; `context`: `[B, 77, cross_attention_dim]`.
+    pub fn forward(&self, sample: Tensor<4>, timestep: f64, context: Tensor<3>) -> Tensor<4> {
+        let [batch, ..] = sample.dims();
+        let device = sample.device();
+        let dim = self.config.block_out_channels[0];
+        let t_emb = Tensor::<2>::from_data(
+            TensorData::new(self.timestep_embedding(timestep, batch), [batch, dim]),
+            &device,
+        )
+        .cast(sample.dtype());
+        let temb = self
+            .time_linear_2
+            .forward(silu(self.time_linear_1.forward(t_emb)));
+
+        let mut h = self.conv_in.forward(sample);
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                h = resnet.forward(h, Some(&temb));
+                if let Some(attn) = block.attentions.get(j) {
+                    h = attn.forward(h, context.clone());
+                }
+                skips.push(h.clone());
+            }
+            if let Some(down) = &block.downsampler {
+                h = down.forward(h);
+                skips.push(h.clone());
+            }
+        }
+
+        h = self.mid_resnets[0].forward(h, Some(&temb));
+        h = self.mid_attention.forward(h, context.clone());
+        h = self.mid_resnets[1].forward(h, Some(&temb));
+
+        for block in &self.up_blocks {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                let skip = skips
+                    .pop()
+                    .expect("skip connections match the block layout");
+                h = resnet.forward(Tensor::cat(vec![h, skip], 1), Some(&temb));
+                if let Some(attn) = block.attentions.get(j) {
+                    h = attn.forward(h, context.clone());
+                }
+            }
+            if let Some(up) = &block.upsampler {
+                // Upsample to the next skip's size: latents not divisible by 2^levels stay exact.
+                let size = skips.last().map(|s| {
+                    let [_, _, sh, sw] = s.dims();
+                    [sh, sw]
+                });
+                h = up.forward(h, size);
+            }
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+    }
+}

@@ -1,0 +1,348 @@
+//! Weight loading: tensors go one at a time from a file (or, in the browser, from a stream)
+//! into GPU buffers, and models take them by their diffusers names with shape checks.
+
+pub mod safetensors;
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+/// Largest single GPU tensor we create: WebGPU's default storage-binding limit is 128 MiB,
+/// so bigger weights (SD's CLIP token embedding) are split into row shards.
+pub const MAX_TENSOR_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("missing tensor {name} (expected shape {expected:?}) in {source_desc}")]
+    Missing {
+        name: String,
+        expected: Vec<usize>,
+        source_desc: String,
+    },
+    #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{file}: malformed weights file: {why}")]
+    Malformed { file: String, why: String },
+    #[error("{file}: {error}")]
+    Io { file: String, error: std::io::Error },
+    #[error("no weights file in {dir}: looked for {candidates}")]
+    NoWeightsFile { dir: String, candidates: String },
+    #[error("internal: header needs {0} bytes")]
+    NeedMoreBytes(usize),
+}
+
+impl WeightError {
+    pub fn io(file: &str, error: std::io::Error) -> Self {
+        Self::Io {
+            file: file.to_string(),
+            error,
+        }
+    }
+}
+
+/// Element types found in checkpoint files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageDType {
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+}
+
+impl StorageDType {
+    pub fn from_safetensors(name: &str) -> Option<Self> {
+        Some(match name {
+            "F32" => Self::F32,
+            "F16" => Self::F16,
+            "BF16" => Self::BF16,
+            "I64" => Self::I64,
+            "I32" => Self::I32,
+            _ => return None,
+        })
+    }
+
+    pub fn size_bytes(self) -> usize {
+        match self {
+            Self::F32 | Self::I32 => 4,
+            Self::F16 | Self::BF16 => 2,
+            Self::I64 => 8,
+        }
+    }
+}
+
+/// Little-endian raw bytes of `dtype` to f32 (integers are converted by value).
+pub fn to_f32(bytes: &[u8], dtype: StorageDType) -> Vec<f32> {
+    match dtype {
+        StorageDType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        StorageDType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        StorageDType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        StorageDType::I64 => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        StorageDType::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+    }
+}
+
+/// A weight on the GPU, split along dim 0 when larger than [`MAX_TENSOR_BYTES`].
+#[derive(Clone, Debug)]
+pub struct StoredTensor {
+    pub shape: Vec<usize>,
+    /// Row shards, each flattened; a single entry for ordinary tensors.
+    pub shards: Vec<Tensor<1>>,
+}
+
+/// Named GPU tensors of one model component, filled one tensor at a time.
+pub struct TensorStore {
+    device: Device,
+    dtype: DType,
+    description: String,
+    tensors: HashMap<String, StoredTensor>,
+    taken: RefCell<BTreeSet<String>>,
+}
+
+impl TensorStore {
+    /// `dtype` is the compute precision weights are converted to (F32 or F16).
+    pub fn new(device: &Device, dtype: DType, description: impl Into<String>) -> Self {
+        Self {
+            device: device.clone(),
+            dtype,
+            description: description.into(),
+            tensors: HashMap::new(),
+            taken: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Uploads one tensor given as raw little-endian bytes; the bytes can be dropped afterwards.
+    pub fn insert_bytes(&mut self, name: &str, dtype: StorageDType, shape: &[usize], bytes: &[u8]) {
+        let values = to_f32(bytes, dtype);
+        self.insert_f32(name, shape, values);
+    }
+
+    pub fn insert_f32(&mut self, name: &str, shape: &[usize], values: Vec<f32>) {
+        let row_elems: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let elem_bytes = if self.dtype == DType::F16 { 2 } else { 4 };
+        let rows_per_shard = (MAX_TENSOR_BYTES / (row_elems * elem_bytes)).max(1);
+        let shards = if values.len() * elem_bytes <= MAX_TENSOR_BYTES || shape.is_empty() {
+            vec![self.upload(values)]
+        } else {
+            values
+                .chunks(rows_per_shard * row_elems)
+                .map(|chunk| self.upload(chunk.to_vec()))
+                .collect()
+        };
+        self.tensors.insert(
+            name.to_string(),
+            StoredTensor {
+                shape: shape.to_vec(),
+                shards,
+            },
+        );
+    }
+
+    fn upload(&self, values: Vec<f32>) -> Tensor<1> {
+        let n = values.len();
+        let data = TensorData::new(values, [n]);
+        let tensor = Tensor::<1>::from_data(data, &self.device);
+        if self.dtype == DType::F32 {
+            tensor
+        } else {
+            tensor.cast(self.dtype)
+        }
+    }
+
+    /// Loads every tensor of a safetensors file, one at a time. `rename` maps file names to
+    /// our names (identity for diffusers folders); returning None skips a tensor.
+    pub fn load_safetensors_file(
+        &mut self,
+        path: &Path,
+        rename: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), WeightError> {
+        let file = path.display().to_string();
+        let mut reader = std::io::BufReader::new(
+            std::fs::File::open(path).map_err(|e| WeightError::io(&file, e))?,
+        );
+        let header = safetensors::SafetensorsHeader::read(&mut reader, &file)?;
+        for (name, entry) in &header.tensors {
+            let Some(ours) = rename(name) else { continue };
+            let bytes = header.read_tensor(&mut reader, entry, &file)?;
+            self.insert_bytes(&ours, entry.dtype, &entry.shape, &bytes);
+        }
+        Ok(())
+    }
+
+    pub fn root(&self) -> Weights<'_> {
+        Weights {
+            store: self,
+            prefix: String::new(),
+        }
+    }
+
+    /// Names never taken by the model: usually harmless buffers (e.g. position_ids), listed
+    /// so a caller can warn about checkpoints that do not fit the config.
+    pub fn unused(&self) -> Vec<String> {
+        let taken = self.taken.borrow();
+        let mut names: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| !taken.contains(*k))
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn lookup(&self, name: &str, expected: &[usize]) -> Result<&StoredTensor, WeightError> {
+        let stored = self.tensors.get(name).ok_or_else(|| WeightError::Missing {
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            source_desc: self.description.clone(),
+        })?;
+        if stored.shape != expected {
+            return Err(WeightError::Shape {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: stored.shape.clone(),
+            });
+        }
+        self.taken.borrow_mut().insert(name.to_string());
+        Ok(stored)
+    }
+}
+
+/// A view of a [`TensorStore`] under a name prefix, like diffusers' module paths.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    store: &'a TensorStore,
+    prefix: String,
+}
+
+impl<'a> Weights<'a> {
+    /// Descends into a sub-module: `w.pp("down_blocks").pp(0)`.
+    pub fn pp(&self, part: impl std::fmt::Display) -> Weights<'a> {
+        let prefix = if self.prefix.is_empty() {
+            part.to_string()
+        } else {
+            format!("{}.{}", self.prefix, part)
+        };
+        Weights {
+            store: self.store,
+            prefix,
+        }
+    }
+
+    pub fn name(&self, leaf: &str) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{}", self.prefix, leaf)
+        }
+    }
+
+    pub fn contains(&self, leaf: &str) -> bool {
+        self.store.contains(&self.name(leaf))
+    }
+
+    pub fn device(&self) -> &Device {
+        self.store.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.store.dtype()
+    }
+
+    /// The tensor `leaf` with exactly `shape`.
+    pub fn get<const D: usize>(
+        &self,
+        leaf: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<D>, WeightError> {
+        let stored = self.store.lookup(&self.name(leaf), &shape)?;
+        let flat = if stored.shards.len() == 1 {
+            stored.shards[0].clone()
+        } else {
+            Tensor::cat(stored.shards.clone(), 0)
+        };
+        Ok(flat.reshape(shape))
+    }
+
+    /// A 2-D tensor kept as row shards (for embeddings larger than a storage binding).
+    pub fn get_row_shards(
+        &self,
+        leaf: &str,
+        shape: [usize; 2],
+    ) -> Result<Vec<Tensor<2>>, WeightError> {
+        let stored = self.store.lookup(&self.name(leaf), &shape)?;
+        Ok(stored
+            .shards
+            .iter()
+            .map(|s| {
+                let rows = s.dims()[0] / shape[1];
+                s.clone().reshape([rows, shape[1]])
+            })
+            .collect())
+    }
+}
+
+/// Picks the weights file of a diffusers component folder (`unet/`, `vae/`, `text_encoder/`):
+/// the non-variant file, else the fp16 variant, as diffusers does when asked for either.
+pub fn find_component_file(
+    dir: &Path,
+    stem: &str,
+    prefer_fp16: bool,
+) -> Result<PathBuf, WeightError> {
+    let plain = dir.join(format!("{stem}.safetensors"));
+    let fp16 = dir.join(format!("{stem}.fp16.safetensors"));
+    let order = if prefer_fp16 {
+        [&fp16, &plain]
+    } else {
+        [&plain, &fp16]
+    };
+    order
+        .into_iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| WeightError::NoWeightsFile {
+            dir: dir.display().to_string(),
+            candidates: format!("{stem}.safetensors, {stem}.fp16.safetensors"),
+        })
+}
