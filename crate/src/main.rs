@@ -1,0 +1,236 @@
+//! The `sdweb` command line: `sdweb generate ...` and `sdweb bench ...`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burn::tensor::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+
+use sdweb::pipeline::{GenerateRequest, Progress, StableDiffusion, StdClock};
+use sdweb::png_meta::{GenerationParams, encode_png};
+use sdweb::schedulers::SchedulerKind;
+
+#[derive(Parser)]
+#[command(
+    name = "sdweb",
+    version,
+    about = "Stable Diffusion on WebGPU (natively through wgpu)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate one image and write it as PNG (with A1111 parameters and an AI-generated label).
+    Generate {
+        #[command(flatten)]
+        opts: GenOpts,
+        /// Where to write the PNG.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Time each stage and report peak GPU memory as one JSON line on stdout.
+    Bench {
+        #[command(flatten)]
+        opts: GenOpts,
+        /// Write the image too.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct GenOpts {
+    /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "")]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Classifier-free guidance scale; ≤ 1 skips the unconditional pass.
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    /// ddim | euler | euler-a | dpmpp-2m | dpmpp-2m-karras | lcm | pndm (default: the model's own).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Default: the model's native size (UNet sample_size × VAE factor).
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    height: Option<usize>,
+    /// Default: random (printed to stderr).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// float32 .npy of unit-normal latents [1, 4, H/f, W/f], used as diffusers' `latents=`.
+    #[arg(long)]
+    init_noise: Option<PathBuf>,
+    /// f32 (always works) or f16 (needs shader-f16 on the adapter).
+    #[arg(long, default_value = "f32")]
+    precision: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate { opts, output } => run(&opts, Some(&output), false),
+        Command::Bench { opts, output } => run(&opts, output.as_ref(), true),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(
+    opts: &GenOpts,
+    output: Option<&PathBuf>,
+    bench: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let clock = StdClock::default();
+    let scheduler = opts
+        .scheduler
+        .as_deref()
+        .map(|name| {
+            SchedulerKind::from_name(name).ok_or_else(|| {
+                format!("unknown scheduler {name}; choose ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, lcm or pndm")
+            })
+        })
+        .transpose()?;
+    let dtype = match opts.precision.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        other => return Err(format!("unknown precision {other}; choose f32 or f16").into()),
+    };
+    let t0 = clock_ms(&clock);
+    let device = Device::wgpu_options()
+        .init()
+        .map_err(|e| format!("no usable GPU adapter: {e:?}"))?;
+    if dtype == DType::F16 && !device.supports_dtype(DType::F16) {
+        return Err("this adapter has no shader-f16 support; use --precision f32".into());
+    }
+    let model = StableDiffusion::load(&opts.model, &device, dtype)?;
+    let load_ms = clock_ms(&clock) - t0;
+    eprintln!("loaded {} in {:.0} ms", opts.model.display(), load_ms);
+
+    let native = model.default_size();
+    let width = opts.width.unwrap_or(native);
+    let height = opts.height.unwrap_or(native);
+    let seed = opts.seed.unwrap_or_else(random_seed);
+    let init_noise = match &opts.init_noise {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let (shape, values) =
+                sdweb::npy::read_npy_f32(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            let f = model.vae_scale_factor();
+            let expected = [1, model.unet.config().in_channels, height / f, width / f];
+            if shape != expected {
+                return Err(format!(
+                    "{}: shape {shape:?}, expected {expected:?} for {width}x{height}",
+                    path.display()
+                )
+                .into());
+            }
+            Some(values)
+        }
+        None => None,
+    };
+    let request = GenerateRequest {
+        prompt: opts.prompt.clone(),
+        negative_prompt: opts.negative_prompt.clone(),
+        steps: opts.steps,
+        guidance: opts.guidance,
+        scheduler,
+        width,
+        height,
+        seed,
+        init_noise,
+    };
+    eprintln!(
+        "seed {seed}, {width}x{height}, {} steps, guidance {}",
+        opts.steps, opts.guidance
+    );
+    let mut on_progress = |p: Progress| match p {
+        Progress::Tokenized {
+            truncated: true,
+            token_count,
+            max_length,
+        } => eprintln!(
+            "warning: the prompt has {token_count} tokens and was cut to {max_length} (CLIP's limit)"
+        ),
+        Progress::Step { index, total, ms } => eprintln!("step {index}/{total} ({ms:.0} ms)"),
+        Progress::Decoded => eprintln!("decoded"),
+        _ => {}
+    };
+    let out = pollster::block_on(model.generate(&request, &clock, &mut on_progress))?;
+    let peak = peak_memory(&device);
+
+    if let Some(path) = output {
+        let params = GenerationParams {
+            prompt: request.prompt.clone(),
+            negative_prompt: request.negative_prompt.clone(),
+            steps: request.steps,
+            sampler: out.scheduler.a1111_name().to_string(),
+            cfg_scale: request.guidance,
+            seed,
+            width: width as u32,
+            height: height as u32,
+            model: model.name.clone(),
+            extra: Vec::new(),
+        };
+        let png = encode_png(&out.rgb, width as u32, height as u32, &params)?;
+        std::fs::write(path, png).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if bench {
+        let t = &out.timings;
+        let first = t.unet_steps_ms.first().copied().unwrap_or(0.0);
+        let rest = &t.unet_steps_ms[1.min(t.unet_steps_ms.len())..];
+        let steady = if rest.is_empty() {
+            first
+        } else {
+            rest.iter().sum::<f64>() / rest.len() as f64
+        };
+        let line = serde_json::json!({
+            "model": opts.model.display().to_string(),
+            "width": width, "height": height, "steps": request.steps, "cfg": request.guidance > 1.0,
+            "precision": opts.precision, "scheduler": out.scheduler.name(),
+            "load_ms": load_ms,
+            "tokenize_ms": t.tokenize_ms,
+            "text_encoder_ms": t.text_encoder_ms,
+            "unet_step_ms": t.unet_steps_ms,
+            "unet_step_steady_ms": steady,
+            // The first step also compiles (and autotunes) every UNet kernel.
+            "compile_autotune_ms_estimate": (first - steady).max(0.0),
+            "vae_decode_ms": t.vae_decode_ms,
+            "total_ms": t.total_ms,
+            "peak_gpu_bytes": peak,
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn clock_ms(clock: &StdClock) -> f64 {
+    use sdweb::pipeline::Clock;
+    clock.now_ms()
+}
+
+fn peak_memory(device: &Device) -> Option<u64> {
+    device.memory_pool_usage().map(|u| u.bytes_reserved as u64)
+}
+
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos % 4_294_967_296
+}
