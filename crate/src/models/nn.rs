@@ -1,9 +1,9 @@
 //! Layers shared by CLIP, UNet and VAE, loaded from PyTorch-layout weights.
 
-use burn::tensor::Tensor;
 use burn::tensor::activation;
 use burn::tensor::module::{attention, conv2d, interpolate, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::{DType, Tensor};
 
 use crate::weights::{WeightError, Weights};
 
@@ -110,13 +110,20 @@ impl GroupNorm {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [n, c, h, wd] = x.dims();
-        let grouped = x.reshape([n, self.groups, (c / self.groups) * h * wd]);
-        // Two-pass variance (as PyTorch) avoids the cancellation of E[x²] - E[x]².
-        let mean = grouped.clone().mean_dim(2);
+        // Statistics in f32 even on the f16 path: a group holds up to ~1 M values.
+        let dtype = x.dtype();
+        // Reduce rows of `wd` values, then the row means: burn's single reduction over a
+        // ~1 M-element axis returns garbage on wgpu/lavapipe (see tests/group_norm.rs), and
+        // equal-length rows make the mean of means exact.
+        let grouped = x
+            .cast(DType::F32)
+            .reshape([n, self.groups, (c / self.groups) * h, wd]);
+        let mean = grouped.clone().mean_dim(3).mean_dim(2);
         let centered = grouped - mean;
-        let var = centered.clone().square().mean_dim(2);
+        // Two-pass variance (as PyTorch) avoids the cancellation of E[x²] - E[x]².
+        let var = centered.clone().square().mean_dim(3).mean_dim(2);
         let normed = centered / (var + self.eps).sqrt();
-        let normed = normed.reshape([n, c, h, wd]);
+        let normed = normed.reshape([n, c, h, wd]).cast(dtype);
         normed * self.gamma.clone().reshape([1, c, 1, 1]) + self.beta.clone().reshape([1, c, 1, 1])
     }
 }
@@ -139,7 +146,18 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), self.eps)
+        let dtype = x.dtype();
+        if dtype == DType::F32 {
+            return layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), self.eps);
+        }
+        // f16 path: normalise in f32, as torch's f16 LayerNorm accumulates in f32.
+        let out = layer_norm(
+            x.cast(DType::F32),
+            self.gamma.clone().cast(DType::F32),
+            Some(self.beta.clone().cast(DType::F32)),
+            self.eps,
+        );
+        out.cast(dtype)
     }
 }
 
