@@ -11,8 +11,12 @@ use sdweb::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionMod
 use sdweb::weights::{TensorStore, find_component_file};
 
 fn store(model: &str, component: &str, stem: &str) -> TensorStore {
+    store_as(model, component, stem, DType::F32)
+}
+
+fn store_as(model: &str, component: &str, stem: &str, dtype: DType) -> TensorStore {
     let dir = fixtures().join(model).join(component);
-    let mut store = TensorStore::new(&device(), DType::F32, dir.display().to_string());
+    let mut store = TensorStore::new(&device(), dtype, dir.display().to_string());
     let file = find_component_file(&dir, stem, false).unwrap();
     store
         .load_safetensors_file(&file, &|n| Some(n.to_string()))
@@ -135,4 +139,33 @@ fn sd1_vae_matches_diffusers() {
 #[test]
 fn sd2_vae_matches_diffusers() {
     check_vae("sd2");
+}
+
+/// The f16 compute path (used when the adapter has shader-f16; lavapipe has it): the UNet
+/// within 2e-2 of the reference's scale, i.e. f16 rounding through ~40 layers.
+#[test]
+fn sd2_unet_f16_path_within_tolerance() {
+    let d = device();
+    if !d.supports_dtype(DType::F16) {
+        panic!("this adapter lacks shader-f16; the f16 path cannot be tested here");
+    }
+    let reference = load_reference("sd2_modules.safetensors");
+    let store = store_as("sd2_tiny", "unet", "diffusion_pytorch_model", DType::F16);
+    let unet = UNet2DConditionModel::load(
+        &store.root(),
+        UNet2DConditionConfig::from_reader(config("sd2_tiny", "unet")).unwrap(),
+    )
+    .unwrap();
+    let t = reference["unet.timestep"].values[0] as f64;
+    let sample = reference["unet.sample"].tensor::<4>(&d).cast(DType::F16);
+    let context = reference["unet.encoder_hidden_states"]
+        .tensor::<3>(&d)
+        .cast(DType::F16);
+    let out = unet.forward(sample, t, context).cast(DType::F32);
+    assert_close(
+        "sd2 unet f16",
+        &to_vec(out),
+        &reference["unet.out"].values,
+        2e-2,
+    );
 }

@@ -24,6 +24,8 @@ pub struct AutoencoderKLConfig {
     pub use_quant_conv: bool,
     pub use_post_quant_conv: bool,
     pub mid_block_add_attention: bool,
+    /// diffusers runs the VAE in f32 even in f16 pipelines when set (SD 1.x's VAE overflows f16).
+    pub force_upcast: bool,
 }
 
 impl AutoencoderKLConfig {
@@ -55,6 +57,7 @@ impl AutoencoderKLConfig {
             use_quant_conv: c.bool_or("use_quant_conv", true)?,
             use_post_quant_conv: c.bool_or("use_post_quant_conv", true)?,
             mid_block_add_attention: c.bool_or("mid_block_add_attention", true)?,
+            force_upcast: c.bool_or("force_upcast", true)?,
             block_out_channels,
         };
         c.require("act_fn", json!("silu"), "only silu is implemented")?;
@@ -67,7 +70,6 @@ impl AutoencoderKLConfig {
                 ));
             }
         }
-        c.ignore(&["force_upcast"]);
         c.finish()?;
         Ok(config)
     }

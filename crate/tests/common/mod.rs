@@ -93,3 +93,81 @@ pub fn assert_close(what: &str, ours: &[f32], reference: &[f32], tol: f32) {
         "{what}: max abs error {max} > {tol} × {scale}"
     );
 }
+
+/// One end-to-end case of reference/e2e/cases.json.
+#[derive(serde::Deserialize, Debug, Clone)]
+pub struct Case {
+    pub name: String,
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub guidance: f64,
+    pub scheduler: String,
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+    pub init_noise: String,
+    pub png: String,
+}
+
+pub fn e2e_cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(reference_dir().join("e2e/cases.json")).unwrap();
+    // The fixture script writes Python JSON (-Infinity in scheduler configs).
+    serde_json::from_value(sdweb::schedulers::parse_json(&text).unwrap()).unwrap()
+}
+
+pub fn decode_rgb(bytes: &[u8]) -> (Vec<u8>, u32, u32) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb, "expected RGB8");
+    buf.truncate(info.buffer_size());
+    (buf, info.width, info.height)
+}
+
+pub fn reference_rgb(case: &Case) -> Vec<u8> {
+    let (rgb, w, h) =
+        decode_rgb(&std::fs::read(reference_dir().join("e2e").join(&case.png)).unwrap());
+    assert_eq!(
+        (w as usize, h as usize),
+        (case.width, case.height),
+        "{}: reference size",
+        case.name
+    );
+    rgb
+}
+
+pub fn init_noise(case: &Case) -> Vec<f32> {
+    let bytes = std::fs::read(reference_dir().join("e2e").join(&case.init_noise)).unwrap();
+    sdweb::npy::read_npy_f32(&bytes).unwrap().1
+}
+
+/// (max, mean) absolute difference in 1/255 units.
+pub fn image_errors(ours: &[u8], reference: &[u8]) -> (u8, f64) {
+    assert_eq!(ours.len(), reference.len(), "image sizes differ");
+    let max = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
+    let mean = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| a.abs_diff(*b) as f64)
+        .sum::<f64>()
+        / ours.len() as f64;
+    (max, mean)
+}
+
+/// The f32 end-to-end tolerance of the engine issue: max 3/255, mean 0.5/255.
+pub fn assert_image_close(name: &str, ours: &[u8], reference: &[u8]) {
+    let (max, mean) = image_errors(ours, reference);
+    eprintln!("{name}: max {max}/255, mean {mean:.3}/255");
+    assert!(
+        max <= 3 && mean <= 0.5,
+        "{name}: max {max}/255 (≤3), mean {mean:.3}/255 (≤0.5)"
+    );
+}
