@@ -69,8 +69,8 @@ struct GenOpts {
     /// float32 .npy of unit-normal latents [1, 4, H/f, W/f], used as diffusers' `latents=`.
     #[arg(long)]
     init_noise: Option<PathBuf>,
-    /// f32 (always works) or f16 (needs shader-f16 on the adapter).
-    #[arg(long, default_value = "f32")]
+    /// auto (f16 where the adapter has shader-f16, else f32), f32, or f16.
+    #[arg(long, default_value = "auto")]
     precision: String,
 }
 
@@ -201,7 +201,7 @@ fn run(
         let line = serde_json::json!({
             "model": opts.model.display().to_string(),
             "width": width, "height": height, "steps": request.steps, "cfg": request.guidance > 1.0,
-            "precision": opts.precision, "scheduler": out.scheduler.name(),
+            "precision": format!("{dtype:?}"), "scheduler": out.scheduler.name(),
             "load_ms": load_ms,
             "tokenize_ms": t.tokenize_ms,
             "text_encoder_ms": t.text_encoder_ms,

@@ -34,6 +34,8 @@ fn sdweb(case: &Case, extra: &[&str], output: &PathBuf) -> Output {
             &case.height.to_string(),
         ])
         .args(["--seed", &case.seed.to_string()])
+        // The tolerance of the engine issue is the f32 path's; auto would pick f16 on lavapipe.
+        .args(["--precision", "f32"])
         .args(extra)
         .arg("--output")
         .arg(output)
