@@ -61,15 +61,15 @@ fn missing_and_misshaped_tensors_name_tensor_and_shapes() {
         .unwrap()
         .to_string();
     assert!(
-        err.contains("missing tensor time_embedding.linear_1.weight (expected shape [128, 32])")
+        err.contains("missing tensor down_blocks.0.resnets.0.norm1.weight (expected shape [32])")
             && err.contains("unet/diffusion_pytorch_model.safetensors"),
         "{err}"
     );
     store.insert_bytes(
-        "time_embedding.linear_1.weight",
+        "down_blocks.0.resnets.0.norm1.weight",
         StorageDType::F32,
-        &[32, 128],
-        &vec![0u8; 32 * 128 * 4],
+        &[2, 16],
+        &[0u8; 32 * 4],
     );
     let err = UNet2DConditionModel::load(&store.root(), config)
         .err()
@@ -77,7 +77,7 @@ fn missing_and_misshaped_tensors_name_tensor_and_shapes() {
         .to_string();
     assert!(
         err.contains(
-            "tensor time_embedding.linear_1.weight has shape [32, 128], expected [128, 32]"
+            "tensor down_blocks.0.resnets.0.norm1.weight has shape [2, 16], expected [32]"
         ),
         "{err}"
     );
