@@ -104,18 +104,24 @@ fn run(
             })
         })
         .transpose()?;
-    let dtype = match opts.precision.as_str() {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        other => return Err(format!("unknown precision {other}; choose f32 or f16").into()),
-    };
+    if !["auto", "f32", "f16"].contains(&opts.precision.as_str()) {
+        return Err(format!("unknown precision {}; choose auto, f32 or f16", opts.precision).into());
+    }
     let t0 = clock_ms(&clock);
     let device = Device::wgpu_options()
         .init()
         .map_err(|e| format!("no usable GPU adapter: {e:?}"))?;
-    if dtype == DType::F16 && !device.supports_dtype(DType::F16) {
-        return Err("this adapter has no shader-f16 support; use --precision f32".into());
-    }
+    let has_f16 = device.supports_dtype(DType::F16);
+    let dtype = match opts.precision.as_str() {
+        "f32" => DType::F32,
+        "f16" if !has_f16 => {
+            return Err("this adapter has no shader-f16 support; use --precision f32".into());
+        }
+        "f16" => DType::F16,
+        _ if has_f16 => DType::F16,
+        _ => DType::F32,
+    };
+    eprintln!("compute precision: {dtype:?}");
     let model = StableDiffusion::load(&opts.model, &device, dtype)?;
     let load_ms = clock_ms(&clock) - t0;
     eprintln!("loaded {} in {:.0} ms", opts.model.display(), load_ms);
