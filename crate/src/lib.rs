@@ -3,6 +3,7 @@
 //! Modules mirror diffusers by name: `models::clip_text_model` (transformers' CLIPTextModel),
 //! `models::unet_2d_condition`, `models::autoencoder_kl`, `schedulers::*`.
 
+pub mod checkpoint;
 pub mod config;
 pub mod models;
 pub mod noise;

@@ -1,6 +1,8 @@
 //! Weight loading: tensors go one at a time from a file (or, in the browser, from a stream)
 //! into GPU buffers, and models take them by their diffusers names with shape checks.
 
+pub mod gguf;
+pub mod ldm_keys;
 pub mod safetensors;
 
 use std::cell::RefCell;
