@@ -105,7 +105,11 @@ fn run(
         })
         .transpose()?;
     if !["auto", "f32", "f16"].contains(&opts.precision.as_str()) {
-        return Err(format!("unknown precision {}; choose auto, f32 or f16", opts.precision).into());
+        return Err(format!(
+            "unknown precision {}; choose auto, f32 or f16",
+            opts.precision
+        )
+        .into());
     }
     let t0 = clock_ms(&clock);
     let device = Device::wgpu_options()
