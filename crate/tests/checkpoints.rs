@@ -993,7 +993,19 @@ fn malformed_gguf_files_are_errors_not_panics() {
             }
             .tensor("big", &[1 << 31, 1 << 31, 1 << 1], 0, 0)
             .bytes(),
-            "overflows",
+            "overflow",
+        ),
+        // Found by `cargo fuzz run gguf_reader`: a zero dim made the element count 0 while the
+        // other dims' product overflowed usize in GgufTensorInfo::numel.
+        (
+            "zero dim with overflowing others",
+            Gguf {
+                data: 64,
+                ..Gguf::new()
+            }
+            .tensor("z", &[0, 1 << 40, 1 << 40, 1 << 40], 0, 0)
+            .bytes(),
+            "dimensions overflow",
         ),
         (
             "too many dims",
@@ -1154,4 +1166,16 @@ fn truncated_gguf_checkpoints_are_errors() {
     let (n, largest) = largest_allocation_during(|| read_all(&bytes).unwrap());
     eprintln!("whole file: {n} tensors read, largest allocation {largest} bytes");
     assert_eq!(n, 684);
+}
+
+/// The same zero-dim shape in a safetensors header (regression of the GGUF fuzz finding).
+#[test]
+fn safetensors_zero_dim_with_overflowing_others_is_an_error() {
+    let header = r#"{"a":{"dtype":"F32","shape":[0,4294967296,4294967296,4294967296],"data_offsets":[0,0]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    let err = SafetensorsHeader::parse(&bytes, bytes.len() as u64, "zero.safetensors")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dimensions overflow"), "{err}");
 }

@@ -404,6 +404,12 @@ impl GgufFile {
                         "absurd GGUF dims {dims:?} (element count overflows)"
                     ))
                 })?;
+            // With a zero dim the element count is 0 whatever the others are; the others must
+            // still multiply without overflow (shape products elsewhere are plain usize math).
+            dims.iter()
+                .try_fold(16u64, |acc, &d| acc.checked_mul(d.max(1)))
+                .filter(|&b| usize::try_from(b).is_ok())
+                .ok_or_else(|| bad(format!("absurd GGUF dims {dims:?} (dimensions overflow)")))?;
             let inner = dims.first().copied().unwrap_or(1);
             if inner % ggml_type.block_elems != 0 {
                 return Err(bad(format!(

@@ -177,6 +177,12 @@ fn parse_entry(name: &str, value: &serde_json::Value) -> Result<TensorEntry, Str
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .ok_or("absurd shape (element count overflows)")?;
+    // A zero dim makes the count 0 whatever the others are; they must still multiply (in
+    // bytes) without overflow, since loaders compute shape products in plain usize.
+    shape
+        .iter()
+        .try_fold(16usize, |acc, &d| acc.checked_mul(d.max(1)))
+        .ok_or("absurd shape (dimensions overflow)")?;
     let bytes = numel
         .checked_mul(dtype.size_bytes() as u64)
         .ok_or("absurd shape (byte count overflows)")?;
