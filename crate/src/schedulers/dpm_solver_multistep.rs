@@ -254,14 +254,6 @@ impl Scheduler for DpmSolverMultistepScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn input_scale(&self, _step_index: usize) -> f64 {
-        1.0
-    }
-
     fn step(
         &mut self,
         model_output: &[f32],

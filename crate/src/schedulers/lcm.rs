@@ -87,14 +87,6 @@ impl Scheduler for LcmScheduler {
         &self.timesteps_f64
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn input_scale(&self, _step_index: usize) -> f64 {
-        1.0
-    }
-
     fn step(
         &mut self,
         model_output: &[f32],

@@ -121,10 +121,16 @@ pub trait Scheduler: Send {
     fn timesteps(&self) -> &[f64];
 
     /// Standard deviation of the initial noise (multiply `N(0, 1)` latents by it).
-    fn init_noise_sigma(&self) -> f64;
+    /// 1 for the alpha-parameterised schedulers (DDIM, DPM, LCM, PNDM); sigma-based ones override.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
-    /// The factor `scale_model_input` applies to the sample before the UNet at this step.
-    fn input_scale(&self, step_index: usize) -> f64;
+    /// The factor `scale_model_input` applies to the sample before the UNet at this step
+    /// (identity unless the scheduler works in sigma space).
+    fn input_scale(&self, _step_index: usize) -> f64 {
+        1.0
+    }
 
     /// One denoising step: the sample at `timesteps()[step_index + 1]` (or the final sample)
     /// from the UNet output at `timesteps()[step_index]`. Stochastic schedulers draw their
