@@ -4,6 +4,7 @@
 pub mod gguf;
 pub mod ldm_keys;
 pub mod safetensors;
+pub mod stream;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -113,11 +114,30 @@ pub struct StoredTensor {
     pub shards: Vec<Tensor<1>>,
 }
 
+/// A tensor being received piece by piece, see [`TensorStore::begin_tensor`].
+pub struct PendingTensor {
+    name: String,
+    dtype: StorageDType,
+    shape: Vec<usize>,
+    shard_bytes: usize,
+    total_bytes: usize,
+    received: usize,
+    buffer: Vec<u8>,
+    shards: Vec<Tensor<1>>,
+}
+
+impl PendingTensor {
+    pub fn bytes_missing(&self) -> usize {
+        self.total_bytes - self.received
+    }
+}
+
 /// Named GPU tensors of one model component, filled one tensor at a time.
 pub struct TensorStore {
     device: Device,
     dtype: DType,
     description: String,
+    max_tensor_bytes: usize,
     tensors: HashMap<String, StoredTensor>,
     taken: RefCell<BTreeSet<String>>,
 }
@@ -129,6 +149,7 @@ impl TensorStore {
             device: device.clone(),
             dtype,
             description: description.into(),
+            max_tensor_bytes: MAX_TENSOR_BYTES,
             tensors: HashMap::new(),
             taken: RefCell::new(BTreeSet::new()),
         }
@@ -136,6 +157,12 @@ impl TensorStore {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Tensors above this many bytes (in the compute dtype) are stored as row shards; the
+    /// default is [`MAX_TENSOR_BYTES`]. Lower it to exercise sharding on small tensors.
+    pub fn set_max_tensor_bytes(&mut self, bytes: usize) {
+        self.max_tensor_bytes = bytes.max(1);
     }
 
     pub fn dtype(&self) -> DType {
@@ -154,28 +181,79 @@ impl TensorStore {
         self.tensors.contains_key(name)
     }
 
+    /// How many row shards hold `name` (0: no such tensor).
+    pub fn shard_count(&self, name: &str) -> usize {
+        self.tensors.get(name).map_or(0, |t| t.shards.len())
+    }
+
     /// Uploads one tensor given as raw little-endian bytes; the bytes can be dropped afterwards.
     pub fn insert_bytes(&mut self, name: &str, dtype: StorageDType, shape: &[usize], bytes: &[u8]) {
-        let values = to_f32(bytes, dtype);
-        self.insert_f32(name, shape, values);
+        let mut pending = self.begin_tensor(name, dtype, shape);
+        self.push_tensor_bytes(&mut pending, bytes);
+        self.finish_tensor(pending);
     }
 
     pub fn insert_f32(&mut self, name: &str, shape: &[usize], values: Vec<f32>) {
+        let bytes: &[u8] = bytemuck::cast_slice(&values);
+        self.insert_bytes(name, StorageDType::F32, shape, bytes);
+    }
+
+    /// Starts a tensor whose bytes arrive in pieces ([`Self::push_tensor_bytes`]): each row
+    /// shard is uploaded as soon as its bytes are complete, so at most one shard is held in
+    /// memory — what the browser needs for a 150 MB embedding.
+    pub fn begin_tensor(&self, name: &str, dtype: StorageDType, shape: &[usize]) -> PendingTensor {
+        let total_elems: usize = shape.iter().product();
         let row_elems: usize = shape.iter().skip(1).product::<usize>().max(1);
         let elem_bytes = if self.dtype == DType::F16 { 2 } else { 4 };
-        let rows_per_shard = (MAX_TENSOR_BYTES / (row_elems * elem_bytes)).max(1);
-        let shards = if values.len() * elem_bytes <= MAX_TENSOR_BYTES || shape.is_empty() {
-            vec![self.upload(values)]
+        let max = self.max_tensor_bytes;
+        let shard_elems = if total_elems * elem_bytes <= max || shape.len() < 2 {
+            total_elems.max(1)
         } else {
-            values
-                .chunks(rows_per_shard * row_elems)
-                .map(|chunk| self.upload(chunk.to_vec()))
-                .collect()
+            (max / (row_elems * elem_bytes)).max(1) * row_elems
         };
+        PendingTensor {
+            name: name.to_string(),
+            dtype,
+            shape: shape.to_vec(),
+            shard_bytes: shard_elems * dtype.size_bytes(),
+            total_bytes: total_elems * dtype.size_bytes(),
+            received: 0,
+            buffer: Vec::new(),
+            shards: Vec::new(),
+        }
+    }
+
+    /// Appends bytes to `pending` (at most the bytes it still lacks are used).
+    pub fn push_tensor_bytes(&self, pending: &mut PendingTensor, mut bytes: &[u8]) {
+        while !bytes.is_empty() && pending.received < pending.total_bytes {
+            let room = (pending.shard_bytes - pending.buffer.len())
+                .min(pending.total_bytes - pending.received);
+            let take = room.min(bytes.len());
+            pending.buffer.extend_from_slice(&bytes[..take]);
+            pending.received += take;
+            bytes = &bytes[take..];
+            if pending.buffer.len() == pending.shard_bytes
+                || pending.received == pending.total_bytes
+            {
+                let shard = std::mem::take(&mut pending.buffer);
+                pending
+                    .shards
+                    .push(self.upload(to_f32(&shard, pending.dtype)));
+            }
+        }
+    }
+
+    /// Stores a tensor whose bytes are all pushed (zero-element tensors need none).
+    pub fn finish_tensor(&mut self, pending: PendingTensor) {
+        debug_assert_eq!(pending.received, pending.total_bytes, "{}", pending.name);
+        let mut shards = pending.shards;
+        if shards.is_empty() {
+            shards.push(self.upload(Vec::new()));
+        }
         self.tensors.insert(
-            name.to_string(),
+            pending.name,
             StoredTensor {
-                shape: shape.to_vec(),
+                shape: pending.shape,
                 shards,
             },
         );
@@ -192,24 +270,32 @@ impl TensorStore {
         }
     }
 
-    /// Loads every tensor of a safetensors file, one at a time. `rename` maps file names to
-    /// our names (identity for diffusers folders); returning None skips a tensor.
+    /// Loads every tensor of a safetensors file through the same streaming path the browser
+    /// uses. `rename` maps file names to ours (identity for diffusers folders); None skips.
     pub fn load_safetensors_file(
         &mut self,
         path: &Path,
         rename: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(), WeightError> {
+        use std::io::Read;
         let file = path.display().to_string();
-        let mut reader = std::io::BufReader::new(
-            std::fs::File::open(path).map_err(|e| WeightError::io(&file, e))?,
-        );
-        let header = safetensors::SafetensorsHeader::read(&mut reader, &file)?;
-        for (name, entry) in &header.tensors {
-            let Some(ours) = rename(name) else { continue };
-            let bytes = header.read_tensor(&mut reader, entry, &file)?;
-            self.insert_bytes(&ours, entry.dtype, &entry.shape, &bytes);
+        let mut reader = std::fs::File::open(path).map_err(|e| WeightError::io(&file, e))?;
+        let size = reader
+            .metadata()
+            .map_err(|e| WeightError::io(&file, e))?
+            .len();
+        let mut stream = stream::SafetensorsStream::new(file.clone(), size, Box::new(rename));
+        let mut chunk = vec![0u8; 4 << 20];
+        loop {
+            let got = reader
+                .read(&mut chunk)
+                .map_err(|e| WeightError::io(&file, e))?;
+            if got == 0 {
+                break;
+            }
+            stream.push(self, &chunk[..got])?;
         }
-        Ok(())
+        stream.finish(self)
     }
 
     pub fn root(&self) -> Weights<'_> {
