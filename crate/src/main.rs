@@ -38,6 +38,10 @@ enum Command {
         /// Write the image too.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Stop after the UNet steps (no VAE decode, no image): for full-size models on slow
+        /// devices where only the UNet step is being measured.
+        #[arg(long, conflicts_with = "output")]
+        no_decode: bool,
     },
 }
 
@@ -77,8 +81,16 @@ struct GenOpts {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate { opts, output } => run(&opts, Some(&output), false),
-        Command::Bench { opts, output } => run(&opts, output.as_ref(), true),
+        Command::Generate { opts, output } => run(&opts, Some(&output), None),
+        Command::Bench {
+            opts,
+            output,
+            no_decode,
+        } => run(
+            &opts,
+            output.as_ref(),
+            Some(BenchMode { decode: !no_decode }),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,10 +101,14 @@ fn main() -> ExitCode {
     }
 }
 
+struct BenchMode {
+    decode: bool,
+}
+
 fn run(
     opts: &GenOpts,
     output: Option<&PathBuf>,
-    bench: bool,
+    bench: Option<BenchMode>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let clock = StdClock::default();
     let scheduler = opts
@@ -179,7 +195,23 @@ fn run(
         Progress::Decoded => eprintln!("decoded"),
         _ => {}
     };
-    let out = pollster::block_on(model.generate(&request, &clock, &mut on_progress))?;
+    let t_generate = clock_ms(&clock);
+    let out = if bench.as_ref().is_some_and(|b| !b.decode) {
+        let denoised =
+            pollster::block_on(model.denoise(&request, &clock, &mut on_progress, &|| false))?;
+        sdweb::pipeline::GenerateOutput {
+            rgb: Vec::new(),
+            width,
+            height,
+            scheduler: denoised.scheduler,
+            timings: sdweb::pipeline::Timings {
+                total_ms: clock_ms(&clock) - t_generate,
+                ..denoised.timings
+            },
+        }
+    } else {
+        pollster::block_on(model.generate(&request, &clock, &mut on_progress))?
+    };
     let peak = peak_memory(&device);
 
     if let Some(path) = output {
@@ -199,7 +231,7 @@ fn run(
         std::fs::write(path, png).map_err(|e| format!("{}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    if bench {
+    if let Some(mode) = bench {
         let t = &out.timings;
         let first = t.unet_steps_ms.first().copied().unwrap_or(0.0);
         let rest = &t.unet_steps_ms[1.min(t.unet_steps_ms.len())..];
@@ -219,7 +251,7 @@ fn run(
             "unet_step_steady_ms": steady,
             // The first step also compiles (and autotunes) every UNet kernel.
             "compile_autotune_ms_estimate": (first - steady).max(0.0),
-            "vae_decode_ms": t.vae_decode_ms,
+            "vae_decode_ms": mode.decode.then_some(t.vae_decode_ms),
             "total_ms": t.total_ms,
             "peak_gpu_bytes": peak,
         });

@@ -1,6 +1,6 @@
 //! StableDiffusionPipeline: a diffusers model folder → prompt → image, as diffusers does it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
@@ -27,6 +27,8 @@ pub enum PipelineError {
     Invalid(String),
     #[error("GPU execution failed: {0}")]
     Execution(String),
+    #[error("generation cancelled")]
+    Cancelled,
 }
 
 /// Everything loaded from a diffusers `StableDiffusionPipeline` folder.
@@ -64,6 +66,14 @@ pub struct GenerateRequest {
     pub seed: u64,
     /// Unit-normal initial latents `[1, C, H/f, W/f]`, like diffusers' `latents=`.
     pub init_noise: Option<Vec<f32>>,
+}
+
+/// The final latents of [`StableDiffusion::denoise`], before the VAE.
+pub struct DenoisedLatents {
+    pub latents: Vec<f32>,
+    pub shape: [usize; 4],
+    pub scheduler: SchedulerKind,
+    pub timings: Timings,
 }
 
 pub struct GenerateOutput {
@@ -110,8 +120,154 @@ impl Clock for StdClock {
     }
 }
 
-fn component(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
+/// The three weight-carrying components of a pipeline, by their diffusers folder names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    TextEncoder,
+    Unet,
+    Vae,
+}
+
+impl Component {
+    pub const ALL: [Component; 3] = [Component::TextEncoder, Component::Unet, Component::Vae];
+
+    pub fn from_folder(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.folder() == name)
+    }
+
+    pub fn folder(self) -> &'static str {
+        match self {
+            Self::TextEncoder => "text_encoder",
+            Self::Unet => "unet",
+            Self::Vae => "vae",
+        }
+    }
+
+    /// The weights file stem (`model.safetensors`, `diffusion_pytorch_model.fp16.safetensors`).
+    pub fn weights_stem(self) -> &'static str {
+        match self {
+            Self::TextEncoder => "model",
+            Self::Unet | Self::Vae => "diffusion_pytorch_model",
+        }
+    }
+}
+
+enum ComponentConfig {
+    TextEncoder(ClipTextConfig),
+    Unet(UNet2DConditionConfig),
+    Vae(AutoencoderKLConfig),
+}
+
+/// One component whose config is parsed and whose weights are being received.
+pub struct ComponentLoad {
+    config: ComponentConfig,
+    pub store: TensorStore,
+}
+
+/// Assembles a [`StableDiffusion`] from parts that arrive one by one: from a folder natively,
+/// from network/cache streams in the browser. Each component is built (and its store
+/// released) as soon as its weights are in, so only one component's loading state lives at once.
+pub struct PipelineBuilder {
+    name: String,
+    device: Device,
+    dtype: DType,
+    tokenizer: Option<ClipTokenizer>,
+    text_encoder: Option<ClipTextModel>,
+    unet: Option<UNet2DConditionModel>,
+    vae: Option<AutoencoderKL>,
+    scheduler_config: Option<SchedulerConfig>,
+}
+
+impl PipelineBuilder {
+    pub fn new(name: impl Into<String>, device: &Device, dtype: DType) -> Self {
+        Self {
+            name: name.into(),
+            device: device.clone(),
+            dtype,
+            tokenizer: None,
+            text_encoder: None,
+            unet: None,
+            vae: None,
+            scheduler_config: None,
+        }
+    }
+
+    pub fn set_tokenizer(&mut self, tokenizer: ClipTokenizer) {
+        self.tokenizer = Some(tokenizer);
+    }
+
+    pub fn set_scheduler_config(&mut self, json: &str) -> Result<(), PipelineError> {
+        self.scheduler_config = Some(SchedulerConfig::from_json(json)?);
+        Ok(())
+    }
+
+    /// Parses a component's config.json (`source` names it in errors) and opens its store.
+    pub fn begin_component(
+        &self,
+        component: Component,
+        config_json: &str,
+        source: &str,
+    ) -> Result<ComponentLoad, PipelineError> {
+        let reader = ConfigReader::parse(config_json, source)?;
+        let (config, dtype) = match component {
+            Component::TextEncoder => (
+                ComponentConfig::TextEncoder(ClipTextConfig::from_reader(reader)?),
+                self.dtype,
+            ),
+            Component::Unet => (
+                ComponentConfig::Unet(UNet2DConditionConfig::from_reader(reader)?),
+                self.dtype,
+            ),
+            Component::Vae => {
+                let config = AutoencoderKLConfig::from_reader(reader)?;
+                // diffusers runs SD's VAE in f32 (`force_upcast`): f16 overflows in the decoder.
+                let dtype = if config.force_upcast {
+                    DType::F32
+                } else {
+                    self.dtype
+                };
+                (ComponentConfig::Vae(config), dtype)
+            }
+        };
+        let store = TensorStore::new(&self.device, dtype, source.to_string());
+        Ok(ComponentLoad { config, store })
+    }
+
+    /// Builds the component from its received weights; the store is dropped afterwards.
+    pub fn finish_component(&mut self, load: ComponentLoad) -> Result<(), PipelineError> {
+        let root = load.store.root();
+        match load.config {
+            ComponentConfig::TextEncoder(c) => {
+                self.text_encoder = Some(ClipTextModel::load(&root, c)?)
+            }
+            ComponentConfig::Unet(c) => self.unet = Some(UNet2DConditionModel::load(&root, c)?),
+            ComponentConfig::Vae(c) => self.vae = Some(AutoencoderKL::load(&root, c, true)?),
+        }
+        Ok(())
+    }
+
+    pub fn build(self) -> Result<StableDiffusion, PipelineError> {
+        let name = self.name;
+        let missing =
+            |what: &str| PipelineError::Invalid(format!("model {name}: {what} was not loaded"));
+        let tokenizer = self.tokenizer.ok_or_else(|| missing("tokenizer"))?;
+        let text_encoder = self.text_encoder.ok_or_else(|| missing("text_encoder"))?;
+        let unet = self.unet.ok_or_else(|| missing("unet"))?;
+        let vae = self.vae.ok_or_else(|| missing("vae"))?;
+        let scheduler_config = self
+            .scheduler_config
+            .ok_or_else(|| missing("scheduler/scheduler_config.json"))?;
+        Ok(StableDiffusion {
+            name,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config,
+            device: self.device,
+            dtype: self.dtype,
+        })
+    }
 }
 
 impl StableDiffusion {
@@ -123,67 +279,31 @@ impl StableDiffusion {
                 dir.display()
             )));
         }
-        let prefer_fp16 = dtype == DType::F16;
-        let tokenizer = ClipTokenizer::from_dir(&component(dir, "tokenizer"))?;
-
-        let te_dir = component(dir, "text_encoder");
-        let te_config =
-            ClipTextConfig::from_reader(ConfigReader::read(&te_dir.join("config.json"))?)?;
-        let mut store = TensorStore::new(device, dtype, te_dir.display().to_string());
-        store
-            .load_safetensors_file(&find_component_file(&te_dir, "model", prefer_fp16)?, &|n| {
-                Some(n.to_string())
-            })?;
-        let text_encoder = ClipTextModel::load(&store.root(), te_config)?;
-        drop(store);
-
-        let unet_dir = component(dir, "unet");
-        let unet_config =
-            UNet2DConditionConfig::from_reader(ConfigReader::read(&unet_dir.join("config.json"))?)?;
-        let mut store = TensorStore::new(device, dtype, unet_dir.display().to_string());
-        store.load_safetensors_file(
-            &find_component_file(&unet_dir, "diffusion_pytorch_model", prefer_fp16)?,
-            &|n| Some(n.to_string()),
-        )?;
-        let unet = UNet2DConditionModel::load(&store.root(), unet_config)?;
-        drop(store);
-
-        let vae_dir = component(dir, "vae");
-        let vae_config =
-            AutoencoderKLConfig::from_reader(ConfigReader::read(&vae_dir.join("config.json"))?)?;
-        let vae_dtype = if vae_config.force_upcast {
-            DType::F32
-        } else {
-            dtype
-        };
-        let mut store = TensorStore::new(device, vae_dtype, vae_dir.display().to_string());
-        store.load_safetensors_file(
-            &find_component_file(&vae_dir, "diffusion_pytorch_model", prefer_fp16)?,
-            &|n| Some(n.to_string()),
-        )?;
-        let vae = AutoencoderKL::load(&store.root(), vae_config, true)?;
-        drop(store);
-
-        let sched_path = dir.join("scheduler").join("scheduler_config.json");
-        let sched_text = std::fs::read_to_string(&sched_path).map_err(|error| ConfigError::Io {
-            file: sched_path.display().to_string(),
-            error,
-        })?;
-        let scheduler_config = SchedulerConfig::from_json(&sched_text)?;
-
-        Ok(Self {
-            name: dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| dir.display().to_string()),
-            tokenizer,
-            text_encoder,
-            unet,
-            vae,
-            scheduler_config,
-            device: device.clone(),
-            dtype,
-        })
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        let mut builder = PipelineBuilder::new(name, device, dtype);
+        builder.set_tokenizer(ClipTokenizer::from_dir(&dir.join("tokenizer"))?);
+        for component in Component::ALL {
+            let folder = dir.join(component.folder());
+            let config_path = folder.join("config.json");
+            let config_text = read_text(&config_path)?;
+            let mut load = builder.begin_component(
+                component,
+                &config_text,
+                &config_path.display().to_string(),
+            )?;
+            let weights =
+                find_component_file(&folder, component.weights_stem(), dtype == DType::F16)?;
+            load.store
+                .load_safetensors_file(&weights, &|n| Some(n.to_string()))?;
+            builder.finish_component(load)?;
+        }
+        builder.set_scheduler_config(&read_text(
+            &dir.join("scheduler").join("scheduler_config.json"),
+        )?)?;
+        builder.build()
     }
 
     pub fn vae_scale_factor(&self) -> usize {
@@ -193,6 +313,18 @@ impl StableDiffusion {
     /// The model's native resolution: UNet sample_size × VAE factor (512 for SD 1.5, 768 for 2.1).
     pub fn default_size(&self) -> usize {
         self.unet.config().sample_size * self.vae_scale_factor()
+    }
+
+    /// Steps and guidance suited to the model, read from its scheduler config: LCM-distilled
+    /// models want 4 steps at guidance 1, trailing-timestep (SD-Turbo-style) models 1 step
+    /// without guidance, everything else diffusers' 20 steps at 7.5 (our CLI default is 20).
+    pub fn recommended_steps_guidance(&self) -> (usize, f64) {
+        let trailing = self.scheduler_config.timestep_spacing.as_deref() == Some("trailing");
+        match self.scheduler_config.kind() {
+            Ok(SchedulerKind::Lcm) => (4, 1.0),
+            _ if trailing => (1, 0.0),
+            _ => (20, 7.5),
+        }
     }
 
     /// Checks width/height: multiples of the VAE factor, naming the nearest valid size.
@@ -238,11 +370,54 @@ impl StableDiffusion {
         clock: &dyn Clock,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<GenerateOutput, PipelineError> {
+        self.generate_cancellable(req, clock, progress, &|| false)
+            .await
+    }
+
+    /// [`Self::generate`] that checks `cancelled` before each step and before decoding, so a
+    /// cancel takes effect within one step ([`PipelineError::Cancelled`]).
+    pub async fn generate_cancellable(
+        &self,
+        req: &GenerateRequest,
+        clock: &dyn Clock,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<GenerateOutput, PipelineError> {
+        let t_start = clock.now_ms();
+        let denoised = self.denoise(req, clock, progress, cancelled).await?;
+        let mut timings = denoised.timings;
+        if cancelled() {
+            return Err(PipelineError::Cancelled);
+        }
+        let t_dec = clock.now_ms();
+        let rgb = self
+            .decode_to_rgb(&denoised.latents, denoised.shape)
+            .await?;
+        timings.vae_decode_ms = clock.now_ms() - t_dec;
+        progress(Progress::Decoded);
+        timings.total_ms = clock.now_ms() - t_start;
+        Ok(GenerateOutput {
+            rgb,
+            width: req.width,
+            height: req.height,
+            scheduler: denoised.scheduler,
+            timings,
+        })
+    }
+
+    /// Everything up to the VAE: prompt encoding and the denoising loop (the benchmark's
+    /// `--no-decode` stops here). Timings hold the text encoder and step times.
+    pub async fn denoise(
+        &self,
+        req: &GenerateRequest,
+        clock: &dyn Clock,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<DenoisedLatents, PipelineError> {
         self.check_size(req.width, req.height)?;
         if req.steps == 0 {
             return Err(PipelineError::Invalid("steps must be at least 1".into()));
         }
-        let t_start = clock.now_ms();
         let mut timings = Timings::default();
         let cfg = req.guidance > 1.0;
         let kind = match req.scheduler {
@@ -285,6 +460,9 @@ impl StableDiffusion {
 
         let timesteps = scheduler.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {
+            if cancelled() {
+                return Err(PipelineError::Cancelled);
+            }
             let t_step = clock.now_ms();
             let scale = scheduler.input_scale(i) as f32;
             let scaled: Vec<f32> = latents.iter().map(|v| v * scale).collect();
@@ -314,15 +492,9 @@ impl StableDiffusion {
             });
         }
 
-        let t_dec = clock.now_ms();
-        let rgb = self.decode_to_rgb(&latents, shape).await?;
-        timings.vae_decode_ms = clock.now_ms() - t_dec;
-        progress(Progress::Decoded);
-        timings.total_ms = clock.now_ms() - t_start;
-        Ok(GenerateOutput {
-            rgb,
-            width: req.width,
-            height: req.height,
+        Ok(DenoisedLatents {
+            latents,
+            shape,
             scheduler: kind,
             timings,
         })
@@ -353,6 +525,15 @@ impl StableDiffusion {
             .map(|v| (v * 255.0).round_ties_even() as u8)
             .collect())
     }
+}
+
+fn read_text(path: &Path) -> Result<String, PipelineError> {
+    std::fs::read_to_string(path).map_err(|error| {
+        PipelineError::Config(ConfigError::Io {
+            file: path.display().to_string(),
+            error,
+        })
+    })
 }
 
 /// Reads a tensor back as f32; the only way to read in a browser is asynchronously.
