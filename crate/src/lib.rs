@@ -12,4 +12,6 @@ pub mod pipeline;
 pub mod png_meta;
 pub mod schedulers;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 pub mod weights;

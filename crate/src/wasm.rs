@@ -1,0 +1,355 @@
+//! Browser bindings (wasm-bindgen), driven by `www/worker.js`.
+//!
+//! The worker owns networking and the IndexedDB cache; it hands us configs as text and
+//! weights as a stream of chunks ([`ModelLoader::push_weights`]), so no file is ever whole in
+//! wasm memory. [`Generator::generate`] is the same pipeline code as the CLI.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use burn::tensor::{DType, Device};
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+use crate::pipeline::{
+    Clock, Component, ComponentLoad, GenerateRequest, PipelineBuilder, PipelineError, Progress,
+    StableDiffusion,
+};
+use crate::png_meta::{GenerationParams, encode_png};
+use crate::schedulers::SchedulerKind;
+use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
+use crate::weights::stream::SafetensorsStream;
+
+thread_local! {
+    // burn's wgpu runtime can be initialised once per thread; later models reuse it.
+    static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+}
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    // Panics reach the page as readable errors (console + the worker's error event).
+    console_error_panic_hook::set_once();
+}
+
+fn js_error(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+async fn device() -> Result<Device, JsError> {
+    if let Some(device) = DEVICE.with(|d| d.borrow().clone()) {
+        return Ok(device);
+    }
+    let device = Device::wgpu_options()
+        .init_async()
+        .await
+        .map_err(|e| JsError::new(&format!("WebGPU could not be initialised: {e:?}")))?;
+    DEVICE.with(|d| *d.borrow_mut() = Some(device.clone()));
+    Ok(device)
+}
+
+/// Whether this adapter can compute in f16 (`shader-f16`).
+#[wasm_bindgen(js_name = gpuInfo)]
+pub async fn gpu_info() -> Result<String, JsError> {
+    let device = device().await?;
+    Ok(serde_json::json!({ "f16": device.supports_dtype(DType::F16) }).to_string())
+}
+
+struct WeightsInFlight {
+    load: ComponentLoad,
+    stream: SafetensorsStream<'static>,
+}
+
+/// Receives a model's parts one by one and builds a [`Generator`].
+#[wasm_bindgen]
+pub struct ModelLoader {
+    builder: Option<PipelineBuilder>,
+    in_flight: Option<WeightsInFlight>,
+    f16: bool,
+}
+
+#[wasm_bindgen]
+impl ModelLoader {
+    /// `precision`: "auto" (f16 where the adapter has shader-f16), "f32" or "f16".
+    pub async fn create(name: String, precision: String) -> Result<ModelLoader, JsError> {
+        let device = device().await?;
+        let has_f16 = device.supports_dtype(DType::F16);
+        let dtype = match precision.as_str() {
+            "f32" => DType::F32,
+            "f16" if !has_f16 => {
+                return Err(JsError::new(
+                    "this GPU has no shader-f16 support; use precision \"f32\" or \"auto\"",
+                ));
+            }
+            "f16" => DType::F16,
+            "auto" if has_f16 => DType::F16,
+            "auto" => DType::F32,
+            other => {
+                return Err(JsError::new(&format!(
+                    "unknown precision {other:?}; choose auto, f32 or f16"
+                )));
+            }
+        };
+        Ok(ModelLoader {
+            builder: Some(PipelineBuilder::new(name, &device, dtype)),
+            in_flight: None,
+            f16: dtype == DType::F16,
+        })
+    }
+
+    /// True when the model computes in f16.
+    #[wasm_bindgen(getter)]
+    pub fn f16(&self) -> bool {
+        self.f16
+    }
+
+    fn builder(&mut self) -> Result<&mut PipelineBuilder, JsError> {
+        self.builder
+            .as_mut()
+            .ok_or_else(|| JsError::new("this loader was already built"))
+    }
+
+    /// The files of a diffusers `tokenizer/` folder (absent ones as undefined).
+    pub fn set_tokenizer(
+        &mut self,
+        tokenizer_json: Option<Vec<u8>>,
+        vocab_json: Option<Vec<u8>>,
+        merges_txt: Option<Vec<u8>>,
+        tokenizer_config_json: Option<Vec<u8>>,
+        special_tokens_map_json: Option<Vec<u8>>,
+    ) -> Result<(), JsError> {
+        let tokenizer = ClipTokenizer::from_files(TokenizerFiles {
+            tokenizer_json: tokenizer_json.as_deref(),
+            vocab_json: vocab_json.as_deref(),
+            merges_txt: merges_txt.as_deref(),
+            tokenizer_config_json: tokenizer_config_json.as_deref(),
+            special_tokens_map_json: special_tokens_map_json.as_deref(),
+        })
+        .map_err(js_error)?;
+        self.builder()?.set_tokenizer(tokenizer);
+        Ok(())
+    }
+
+    pub fn set_scheduler_config(&mut self, json: &str) -> Result<(), JsError> {
+        self.builder()?.set_scheduler_config(json).map_err(js_error)
+    }
+
+    /// Starts a component (`text_encoder`, `unet`, `vae`): its config.json text, then the
+    /// weights file's name (for errors) and byte size.
+    pub fn begin_weights(
+        &mut self,
+        component: &str,
+        config_json: &str,
+        file: &str,
+        size: f64,
+    ) -> Result<(), JsError> {
+        let kind = Component::from_folder(component)
+            .ok_or_else(|| JsError::new(&format!("unknown model component {component:?}")))?;
+        let config_source = format!("{component}/config.json");
+        let load = self
+            .builder()?
+            .begin_component(kind, config_json, &config_source)
+            .map_err(js_error)?;
+        let stream = SafetensorsStream::new(file, size as u64, Box::new(|n| Some(n.to_string())));
+        self.in_flight = Some(WeightsInFlight { load, stream });
+        Ok(())
+    }
+
+    /// The next bytes of the weights file begun with [`Self::begin_weights`].
+    pub fn push_weights(&mut self, bytes: &[u8]) -> Result<(), JsError> {
+        let flight = self
+            .in_flight
+            .as_mut()
+            .ok_or_else(|| JsError::new("push_weights before begin_weights"))?;
+        flight
+            .stream
+            .push(&mut flight.load.store, bytes)
+            .map_err(js_error)
+    }
+
+    /// Checks the file was complete and builds the component (shape errors surface here).
+    pub fn end_weights(&mut self) -> Result<(), JsError> {
+        let WeightsInFlight { mut load, stream } = self
+            .in_flight
+            .take()
+            .ok_or_else(|| JsError::new("end_weights before begin_weights"))?;
+        stream.finish(&mut load.store).map_err(js_error)?;
+        self.builder()?.finish_component(load).map_err(js_error)
+    }
+
+    pub fn build(&mut self) -> Result<Generator, JsError> {
+        let builder = self
+            .builder
+            .take()
+            .ok_or_else(|| JsError::new("this loader was already built"))?;
+        let sd = builder.build().map_err(js_error)?;
+        Ok(Generator {
+            sd: Rc::new(sd),
+            cancel: Rc::new(Cell::new(false)),
+        })
+    }
+}
+
+/// What the page asks for; field names as in the JS API.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JsRequest {
+    prompt: String,
+    #[serde(default)]
+    negative_prompt: String,
+    steps: usize,
+    guidance: f64,
+    #[serde(default)]
+    scheduler: Option<String>,
+    width: usize,
+    height: usize,
+    seed: f64,
+}
+
+struct DateClock;
+
+impl Clock for DateClock {
+    fn now_ms(&self) -> f64 {
+        js_sys::Date::now()
+    }
+}
+
+/// A loaded model; `free()` (wasm-bindgen) releases its GPU memory.
+#[wasm_bindgen]
+pub struct Generator {
+    sd: Rc<StableDiffusion>,
+    cancel: Rc<Cell<bool>>,
+}
+
+#[wasm_bindgen]
+impl Generator {
+    /// JSON: native size, size multiple, default scheduler, precision.
+    pub fn info(&self) -> String {
+        let sd = &self.sd;
+        let native = sd.default_size();
+        let scheduler = sd
+            .scheduler_config
+            .kind()
+            .map(|k| k.name().to_string())
+            .unwrap_or_default();
+        let (steps, guidance) = sd.recommended_steps_guidance();
+        serde_json::json!({
+            "name": sd.name,
+            "steps": steps,
+            "guidance": guidance,
+            "width": native,
+            "height": native,
+            "sizeMultiple": sd.vae_scale_factor(),
+            "scheduler": scheduler,
+            "f16": sd.dtype == DType::F16,
+        })
+        .to_string()
+    }
+
+    /// Stops the running generation before its next step.
+    pub fn cancel(&self) {
+        self.cancel.set(true);
+    }
+
+    /// `request_json`: {prompt, negativePrompt, steps, guidance, scheduler?, width, height, seed}.
+    /// `on_progress` gets JSON strings (`{"type":"step","step":3,"steps":20,"ms":812}`).
+    /// Resolves to {png: Uint8Array, width, height, seed, parameters, timings (JSON)}.
+    pub fn generate(&self, request_json: String, on_progress: js_sys::Function) -> js_sys::Promise {
+        let sd = self.sd.clone();
+        let cancel = self.cancel.clone();
+        cancel.set(false);
+        wasm_bindgen_futures::future_to_promise(async move {
+            run_generate(&sd, &request_json, &on_progress, &cancel)
+                .await
+                .map_err(JsValue::from)
+        })
+    }
+}
+
+async fn run_generate(
+    sd: &StableDiffusion,
+    request_json: &str,
+    on_progress: &js_sys::Function,
+    cancel: &Cell<bool>,
+) -> Result<JsValue, JsError> {
+    let req: JsRequest = serde_json::from_str(request_json)
+        .map_err(|e| JsError::new(&format!("invalid generate() options: {e}")))?;
+    if !(req.seed >= 0.0 && req.seed.fract() == 0.0 && req.seed <= 9_007_199_254_740_991.0) {
+        return Err(JsError::new(&format!(
+            "seed {} must be a whole number from 0 to 2^53-1",
+            req.seed
+        )));
+    }
+    let scheduler = match req.scheduler.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(SchedulerKind::from_name(name).ok_or_else(|| {
+            JsError::new(&format!(
+                "unknown scheduler {name}; choose ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, lcm or pndm"
+            ))
+        })?),
+    };
+    let request = GenerateRequest {
+        prompt: req.prompt,
+        negative_prompt: req.negative_prompt,
+        steps: req.steps,
+        guidance: req.guidance,
+        scheduler,
+        width: req.width,
+        height: req.height,
+        seed: req.seed as u64,
+        init_noise: None,
+    };
+    let emit = |value: serde_json::Value| {
+        // A throwing progress handler must not abort the generation.
+        let _ = on_progress.call1(&JsValue::NULL, &JsValue::from_str(&value.to_string()));
+    };
+    let mut progress = |p: Progress| match p {
+        Progress::Tokenized {
+            truncated,
+            token_count,
+            max_length,
+        } => emit(serde_json::json!({
+            "type": "tokenized", "truncated": truncated,
+            "tokens": token_count, "maxTokens": max_length,
+        })),
+        Progress::TextEncoded => emit(serde_json::json!({ "type": "text-encoded" })),
+        Progress::Step { index, total, ms } => emit(serde_json::json!({
+            "type": "step", "step": index, "steps": total, "ms": ms,
+        })),
+        Progress::Decoded => emit(serde_json::json!({ "type": "decoded" })),
+    };
+    let out = sd
+        .generate_cancellable(&request, &DateClock, &mut progress, &|| cancel.get())
+        .await
+        .map_err(|e| match e {
+            PipelineError::Cancelled => JsError::new("AbortError: generation cancelled"),
+            other => js_error(other),
+        })?;
+    let params = GenerationParams {
+        prompt: request.prompt.clone(),
+        negative_prompt: request.negative_prompt.clone(),
+        steps: request.steps,
+        sampler: out.scheduler.a1111_name().to_string(),
+        cfg_scale: request.guidance,
+        seed: request.seed,
+        width: out.width as u32,
+        height: out.height as u32,
+        model: sd.name.clone(),
+        extra: Vec::new(),
+    };
+    let png =
+        encode_png(&out.rgb, out.width as u32, out.height as u32, &params).map_err(js_error)?;
+    let result = js_sys::Object::new();
+    let set = |key: &str, value: JsValue| {
+        js_sys::Reflect::set(&result, &JsValue::from_str(key), &value).map(|_| ())
+    };
+    let timings = serde_json::to_string(&out.timings).map_err(js_error)?;
+    set("png", js_sys::Uint8Array::from(png.as_slice()).into())
+        .and_then(|_| set("width", (out.width as f64).into()))
+        .and_then(|_| set("height", (out.height as f64).into()))
+        .and_then(|_| set("seed", (request.seed as f64).into()))
+        .and_then(|_| set("scheduler", out.scheduler.name().into()))
+        .and_then(|_| set("parameters", params.to_a1111().into()))
+        .and_then(|_| set("timings", timings.into()))
+        .map_err(|_| JsError::new("could not build the result object"))?;
+    Ok(result.into())
+}
