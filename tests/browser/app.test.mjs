@@ -1,0 +1,255 @@
+// The browser app end to end: Debian Chromium, WebGPU on SwiftShader, the page served by
+// www/server.mjs with the bundled demo model (tests/fixtures/sd1_tiny).
+//
+// SwiftShader compiles each page's shaders anew (~3 min for the tiny model), so the tests share
+// pages and generate in as few page loads as possible; the order of the tests matters.
+// Run: cd tests/browser && npm ci && node --test app.test.mjs   (needs www/pkg: www/build-wasm.sh dev)
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServer } from '../../www/server.mjs';
+import { launch, logConsole } from './harness.mjs';
+import { a1111Parameters, pngTextChunks } from './png-text.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const FIXTURE = path.join(ROOT, 'tests/fixtures/sd1_tiny');
+// Screenshots of each run; README's copies in docs/screenshots come from SDWEB_SCREENSHOTS=docs/screenshots.
+const SHOTS = path.resolve(ROOT, process.env.SDWEB_SCREENSHOTS ?? 'tests/out/screenshots');
+const MINUTES = 60_000;
+
+// What the page generates and the CLI reproduces: 32×32 is the demo model's native size.
+const PARAMS = { prompt: 'a lighthouse on a cliff, oil painting', negativePrompt: 'blurry', steps: 2, guidance: 7.5, scheduler: 'euler', width: 32, height: 32, seed: 1234 };
+
+const scratch = mkdtempSync(path.join(tmpdir(), 'sdweb-app-test-'));
+let server, browser, context, page, thirdParty;
+
+// A copy of the demo model with one weights file damaged, served under /bad/<name>/.
+function damagedModel(name, damage) {
+  const dir = path.join(scratch, name);
+  cpSync(FIXTURE, dir, { recursive: true, dereference: true });
+  damage(dir);
+  return dir;
+}
+
+before(async () => {
+  assert.ok(existsSync(path.join(ROOT, 'www/pkg/sdweb_bg.wasm')), 'www/pkg is missing: run www/build-wasm.sh dev first');
+  const truncated = damagedModel('truncated', (dir) => {
+    const file = path.join(dir, 'vae/diffusion_pytorch_model.safetensors');
+    truncateSync(file, Math.floor(readFileSync(file).length / 2));
+  });
+  server = await startServer({ port: 0, testHooks: true, mounts: { '/bad/truncated': truncated } });
+  browser = await launch();
+  context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  page = await context.newPage();
+  logConsole(page);
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+  thirdParty?.close();
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+const requests = async () => (await fetch(`${server.url}__requests`)).json();
+const clearRequests = () => fetch(`${server.url}__requests/clear`, { method: 'POST' });
+
+// Pixel difference of two PNGs (base64), decoded by the browser itself.
+async function maxPixelDiff(pngA, pngB) {
+  return page.evaluate(async ([a, b]) => {
+    const pixels = async (b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const bitmap = await createImageBitmap(new Blob([bytes], { type: 'image/png' }), { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+      const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+      const ctx = canvas.getContext('2d');
+      ctx.drawImage(bitmap, 0, 0);
+      return { w: bitmap.width, h: bitmap.height, data: ctx.getImageData(0, 0, bitmap.width, bitmap.height).data };
+    };
+    const [x, y] = [await pixels(a), await pixels(b)];
+    if (x.w !== y.w || x.h !== y.h) return { sizeMismatch: [x.w, x.h, y.w, y.h] };
+    let max = 0, sum = 0;
+    for (let i = 0; i < x.data.length; i++) {
+      if (i % 4 === 3) continue;
+      const d = Math.abs(x.data[i] - y.data[i]);
+      max = Math.max(max, d);
+      sum += d;
+    }
+    return { max, mean: sum / (x.data.length * 0.75) };
+  }, [pngA, pngB]);
+}
+
+let browserPng; // base64 of the page's first image
+
+test('the page generates with the bundled model; the image matches the native CLI and carries its parameters', { timeout: 15 * MINUTES }, async () => {
+  await page.goto(server.url);
+  await page.evaluate(() => window.sdwebApp.ready);
+  mkdirSync(SHOTS, { recursive: true });
+  await page.fill('#prompt', PARAMS.prompt);
+  await page.fill('#negative', PARAMS.negativePrompt);
+  await page.fill('#steps', String(PARAMS.steps));
+  await page.fill('#guidance', String(PARAMS.guidance));
+  await page.selectOption('#scheduler', PARAMS.scheduler);
+  await page.fill('#width', String(PARAMS.width));
+  await page.fill('#height', String(PARAMS.height));
+  await page.uncheck('#random-seed');
+  await page.fill('#seed', String(PARAMS.seed));
+  await page.screenshot({ path: path.join(SHOTS, 'page-before.png'), fullPage: true });
+  await page.click('#generate');
+  await page.waitForFunction(() => window.sdwebApp.lastResult, null, { timeout: 12 * MINUTES, polling: 1000 });
+  await page.screenshot({ path: path.join(SHOTS, 'page-after.png'), fullPage: true });
+  browserPng = await page.evaluate(async () => {
+    const bytes = new Uint8Array(await window.sdwebApp.lastResult.png.arrayBuffer());
+    let s = '';
+    for (const b of bytes) s += String.fromCharCode(b);
+    return btoa(s);
+  });
+
+  const nativePath = path.join(scratch, 'native.png');
+  const bin = process.env.SDWEB_BIN ?? path.join(ROOT, 'target/debug/sdweb');
+  if (!existsSync(bin)) execFileSync('cargo', ['build', '-p', 'sdweb', '--bin', 'sdweb'], { cwd: ROOT, stdio: 'inherit' });
+  execFileSync(bin, ['generate', '--model', FIXTURE, '--prompt', PARAMS.prompt, '--negative-prompt', PARAMS.negativePrompt,
+    '--steps', String(PARAMS.steps), '--guidance', String(PARAMS.guidance), '--scheduler', PARAMS.scheduler,
+    '--width', String(PARAMS.width), '--height', String(PARAMS.height), '--seed', String(PARAMS.seed),
+    '--precision', 'f32', '--output', nativePath], { stdio: 'inherit' });
+  const diff = await maxPixelDiff(browserPng, readFileSync(nativePath).toString('base64'));
+  console.log(`browser vs native sdweb generate: max ${diff.max}/255, mean ${diff.mean?.toFixed(4)}/255`);
+  assert.ok(diff.max <= 3, `browser image differs from the CLI's by up to ${diff.max}/255 (limit 3): ${JSON.stringify(diff)}`);
+
+  const chunks = pngTextChunks(Buffer.from(browserPng, 'base64'));
+  const params = a1111Parameters(chunks.parameters);
+  assert.deepEqual(params, {
+    prompt: PARAMS.prompt, negativePrompt: PARAMS.negativePrompt, Steps: '2', Sampler: 'Euler', 'CFG scale': '7.5',
+    Seed: String(PARAMS.seed), Size: '32x32', Model: 'demo',
+  });
+  assert.match(chunks['XML:com.adobe.xmp'], /Iptc4xmpExt:DigitalSourceType[^]*trainedAlgorithmicMedia/);
+});
+
+test('progress events arrive in order; abort stops within one step and the generator stays usable', { timeout: 10 * MINUTES }, async () => {
+  const result = await page.evaluate(async (params) => {
+    const gen = window.sdwebApp.generator;
+    const events = [];
+    await gen.generate({ ...params, onProgress: (e) => events.push({ type: e.type, step: e.step, steps: e.steps }) });
+
+    const controller = new AbortController();
+    const seen = [];
+    let abortError = null;
+    try {
+      await gen.generate({ ...params, steps: 12, signal: controller.signal, onProgress: (e) => {
+        if (e.type === 'step') { seen.push(e.step); if (e.step === 2) controller.abort(); }
+      } });
+    } catch (e) { abortError = { name: e.name, message: e.message }; }
+
+    const again = await gen.generate({ ...params, seed: params.seed + 1 });
+    return { events, seen, abortError, againSize: again.png.size, againSeed: again.seed };
+  }, PARAMS);
+  const order = result.events.map((e) => (e.type === 'step' ? `step ${e.step}/${e.steps}` : e.type));
+  assert.deepEqual(order, ['step 1/2', 'step 2/2', 'decode', 'done']);
+  assert.equal(result.abortError?.name, 'AbortError', JSON.stringify(result.abortError));
+  assert.ok(Math.max(...result.seen) <= 3, `steps after abort at step 2: ${result.seen}`);
+  assert.ok(result.againSize > 0);
+  assert.equal(result.againSeed, PARAMS.seed + 1);
+});
+
+test('a second page load takes every weight from IndexedDB', { timeout: 5 * MINUTES }, async () => {
+  await clearRequests();
+  await page.reload();
+  await page.evaluate(() => window.sdwebApp.ready);
+  const modelRequests = (await requests()).filter((r) => r.path.startsWith('/models/'));
+  const weightRequests = modelRequests.filter((r) => r.path.endsWith('.safetensors'));
+  assert.deepEqual(weightRequests, [], 'weights were requested again');
+  const cached = await page.evaluate(async () => (await import('/sdweb.js')).listCachedModels());
+  const demo = cached.find((c) => c.model.endsWith('/models/demo'));
+  assert.ok(demo && demo.bytes > 15e6, `demo model not listed in the cache: ${JSON.stringify(cached)}`);
+});
+
+test('a truncated weights file is rejected with a clear error and not kept', { timeout: 5 * MINUTES }, async () => {
+  const outcome = await page.evaluate(async (base) => {
+    const { createGenerator } = await import('/sdweb.js');
+    const { ModelCache } = await import('/cache.js');
+    let message = null;
+    try { await createGenerator({ model: base }); } catch (e) { message = e.message; }
+    const cache = await ModelCache.open();
+    const kept = await cache.has(`${base}/vae/diffusion_pytorch_model.safetensors`);
+    cache.close();
+    return { message, kept };
+  }, `${server.url}bad/truncated`);
+  assert.match(outcome.message ?? '', /vae\/diffusion_pytorch_model\.safetensors/);
+  assert.match(outcome.message, /truncated|ends at byte|exceeds the file size/);
+  assert.equal(outcome.kept, false, 'the truncated file stayed in the cache');
+});
+
+test('a corrupted download (sha256 mismatch) is rejected and not kept', { timeout: 5 * MINUTES }, async () => {
+  const file = '/models/demo/unet/diffusion_pytorch_model.safetensors';
+  const outcome = await page.evaluate(async (url) => {
+    const { ModelCache } = await import('/cache.js');
+    const cache = await ModelCache.open();
+    await cache.remove(url); // cached by the first test: force a fresh download
+    await fetch(`/__fault?path=${encodeURIComponent(new URL(url).pathname)}&mode=corrupt`, { method: 'POST' });
+    let error = null;
+    try { await cache.ensure(url, { model: url.replace(/\/unet\/.*/, '') }); } catch (e) { error = { code: e.code, message: e.message }; }
+    const kept = await cache.has(url);
+    const again = await cache.ensure(url, { model: url.replace(/\/unet\/.*/, '') }); // the fault fired once
+    cache.close();
+    return { error, kept, againSize: again.size };
+  }, `${server.url.replace(/\/$/, '')}${file}`);
+  assert.equal(outcome.error?.code, 'integrity', JSON.stringify(outcome.error));
+  assert.match(outcome.error.message, /unet\/diffusion_pytorch_model\.safetensors/);
+  assert.equal(outcome.kept, false);
+  assert.equal(outcome.againSize, readFileSync(path.join(FIXTURE, 'unet/diffusion_pytorch_model.safetensors')).length);
+});
+
+test('the page still generates with the server stopped (service worker shell, IndexedDB weights)', { timeout: 15 * MINUTES }, async () => {
+  await page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: MINUTES });
+  server.close();
+  server.closeAllConnections?.();
+  await page.reload();
+  await page.evaluate(() => window.sdwebApp.ready);
+  await page.fill('#prompt', 'offline');
+  await page.fill('#steps', '1');
+  await page.click('#generate');
+  await page.waitForFunction(() => window.sdwebApp.lastResult?.parameters?.startsWith('offline'), null, { timeout: 12 * MINUTES, polling: 1000 });
+  const size = await page.evaluate(() => window.sdwebApp.lastResult.png.size);
+  assert.ok(size > 100);
+});
+
+test('the widget generates on a third-party page (another origin) without CSS leaking', { timeout: 15 * MINUTES }, async () => {
+  // The app comes from a fresh server (the one above is stopped); the blog page from another port.
+  server = await startServer({ port: 0 });
+  const blog = path.join(scratch, 'blog');
+  mkdirSync(blog, { recursive: true });
+  writeFileSync(path.join(blog, 'index.html'), `<!doctype html><meta charset="utf-8"><title>My blog</title>
+<style>* { font-family: serif; color: red !important; } button { display: none; } img { border: 9px solid blue; }</style>
+<h1>A post with a generator</h1>
+<script type="module" src="${server.url}sd-generator.js"></script>
+<sd-generator model="${server.url}models/demo" prompt="a lighthouse" steps="1" width="32" height="32" seed="7"></sd-generator>`);
+  thirdParty = await startServer({ port: 0, root: blog });
+  const blogPage = await context.newPage();
+  logConsole(blogPage, 'blog');
+  await blogPage.goto(thirdParty.url);
+  const result = await blogPage.evaluate(async () => {
+    await customElements.whenDefined('sd-generator');
+    const widget = document.querySelector('sd-generator');
+    const done = new Promise((resolve, reject) => {
+      widget.addEventListener('sd-result', (e) => resolve(e.detail));
+      widget.addEventListener('sd-error', (e) => reject(new Error(e.detail.message)));
+    });
+    const button = widget.shadowRoot.querySelector('.go');
+    const buttonDisplay = getComputedStyle(button).display;
+    button.click();
+    const detail = await done;
+    const img = widget.shadowRoot.querySelector('img');
+    return { seed: detail.seed, parameters: detail.parameters, size: detail.png.size, buttonDisplay, imgBorder: getComputedStyle(img).borderTopWidth, pageOrigin: location.origin };
+  });
+  await blogPage.screenshot({ path: path.join(SHOTS, 'widget-third-party.png') });
+  assert.notEqual(new URL(thirdParty.url).origin, new URL(server.url).origin);
+  assert.equal(result.seed, 7);
+  assert.match(result.parameters, /^a lighthouse\nSteps: 1, /);
+  assert.ok(result.size > 100);
+  assert.notEqual(result.buttonDisplay, 'none', 'page CSS hid the widget button');
+  assert.notEqual(result.imgBorder, '9px', 'page CSS styled the widget image');
+});

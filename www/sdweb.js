@@ -1,0 +1,146 @@
+// sdweb's JS API: Stable Diffusion on WebGPU, run by the wasm core in a Web Worker.
+//
+//   const gen = await createGenerator({ model, onProgress });
+//   const { png, width, height, seed, parameters, timings } = await gen.generate({ prompt, ... });
+//   gen.dispose();
+//
+// `model` is the base URL of a diffusers repository layout (a Hugging Face `resolve/<rev>`
+// URL or a path on this site). Weights are cached in IndexedDB; see README.md for the events.
+
+import { ModelCache } from './cache.js';
+
+const here = (path) => new URL(path, import.meta.url).href;
+
+export const SCHEDULERS = ['ddim', 'euler', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras', 'lcm', 'pndm'];
+
+export const MODELS = [
+  { id: 'demo', name: 'Demo (tiny, bundled)', url: here('./models/demo'), bundled: true, downloadBytes: 15_400_000,
+    note: 'A tiny model with random weights that ships with the page: its images are noise-like. Pick SD-Turbo or SD 1.5 for real images.' },
+  { id: 'sd-turbo', name: 'SD-Turbo', url: 'https://huggingface.co/stabilityai/sd-turbo/resolve/main', downloadBytes: 2_580_000_000,
+    note: '512×512 in 1–4 steps without guidance (fp16 weights, 2.6 GB download once).' },
+  { id: 'sd15', name: 'Stable Diffusion 1.5', url: 'https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main', downloadBytes: 2_130_000_000,
+    note: '512×512, 20–30 steps (fp16 weights, 2.1 GB download once).' },
+];
+
+/** Whether this browser can run sdweb: {ok, f16, reason} (reason: what the user can do). */
+export async function checkWebGPU() {
+  const help = 'Use a recent Chrome or Edge (113+) with hardware acceleration on, or Safari 18+ / Firefox with WebGPU enabled; on Linux Chrome needs chrome://flags/#enable-unsafe-webgpu.';
+  if (!globalThis.navigator?.gpu) return { ok: false, f16: false, reason: `This browser has no WebGPU. ${help}` };
+  let adapter = null;
+  try { adapter = await navigator.gpu.requestAdapter(); } catch { /* reported below */ }
+  if (!adapter) return { ok: false, f16: false, reason: `WebGPU is present but no GPU adapter is available (blocklisted GPU or hardware acceleration off). ${help}` };
+  return { ok: true, f16: adapter.features.has('shader-f16') };
+}
+
+export async function listCachedModels() {
+  const cache = await ModelCache.open();
+  try { return await cache.listModels(); } finally { cache.close(); }
+}
+
+export async function deleteCachedModel(model) {
+  const cache = await ModelCache.open();
+  try { await cache.deleteModel(String(model).replace(/\/+$/, '')); } finally { cache.close(); }
+}
+
+// A module worker must be same-origin with the page; when this file is embedded from another
+// origin (the widget), a same-origin blob worker imports ours instead.
+function startWorker() {
+  const url = here('./worker.js');
+  if (new URL(url).origin === globalThis.location?.origin) return new Worker(url, { type: 'module' });
+  const shim = URL.createObjectURL(new Blob([`import ${JSON.stringify(url)};`], { type: 'text/javascript' }));
+  return new Worker(shim, { type: 'module' });
+}
+
+function toError(e) {
+  const error = new Error(e.message);
+  error.name = e.name || 'Error';
+  for (const key of ['code', 'url', 'status', 'needed', 'available']) if (e[key] !== undefined) error[key] = e[key];
+  return error;
+}
+
+/** A revision pinned in a Hub URL (`.../resolve/<rev>`) keys the cache; else 'main'. */
+function revisionOf(model) {
+  return /\/resolve\/([^/]+)\/?$/.exec(model)?.[1] ?? 'main';
+}
+
+/**
+ * Loads a model in a new worker. Options: model (base URL), onProgress(event),
+ * precision ('auto' | 'f32' | 'f16'), revision (cache key; default from the URL or 'main').
+ */
+export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', revision } = {}) {
+  if (!model) throw new Error('createGenerator: `model` (the base URL of a diffusers repository) is required');
+  const gpu = await checkWebGPU();
+  if (!gpu.ok) throw new Error(gpu.reason);
+  const base = new URL(String(model).replace(/\/+$/, ''), globalThis.document?.baseURI ?? globalThis.location?.href).href;
+  // Ask once that the browser keep our weights under storage pressure (window-only API).
+  globalThis.navigator?.storage?.persist?.().catch(() => {});
+
+  const worker = startWorker();
+  let nextId = 1;
+  const pending = new Map();
+  let failure = null;
+  worker.onmessage = ({ data }) => {
+    const call = pending.get(data.id);
+    if (!call) return;
+    if (data.type === 'progress') {
+      try { call.onProgress(data.event); } catch (e) { console.error('onProgress threw', e); }
+    } else {
+      pending.delete(data.id);
+      if (data.type === 'result') call.resolve(data.value);
+      else call.reject(toError(data.error));
+    }
+  };
+  // A crashed worker (e.g. a wasm panic) fails every waiting call with its message.
+  worker.onerror = (event) => {
+    event.preventDefault();
+    failure = new Error(`The generator stopped: ${event.message || 'worker error'}`);
+    for (const call of pending.values()) call.reject(failure);
+    pending.clear();
+  };
+  const call = (message, progress = onProgress) => new Promise((resolve, reject) => {
+    if (failure) { reject(failure); return; }
+    const id = nextId++;
+    pending.set(id, { resolve, reject, onProgress: progress });
+    worker.postMessage({ id, ...message });
+  });
+
+  let info;
+  try {
+    info = await call({ op: 'load', model: base, revision: revision ?? revisionOf(base), precision });
+  } catch (e) {
+    worker.terminate();
+    throw e;
+  }
+  info = { ...info, model: base, schedulers: SCHEDULERS };
+  let busy = false;
+
+  return {
+    info,
+    async generate({ prompt = '', negativePrompt = '', steps = info.steps, guidance = info.guidance, scheduler,
+      width = info.width, height = info.height, seed, signal, onProgress: perCall } = {}) {
+      if (busy) throw new Error('a generation is already running on this generator');
+      if (signal?.aborted) throw Object.assign(new Error('generation cancelled'), { name: 'AbortError' });
+      seed ??= Math.floor(Math.random() * 2 ** 32);
+      const request = { prompt, negativePrompt, steps: Number(steps), guidance: Number(guidance), width: Number(width), height: Number(height), seed: Number(seed) };
+      if (scheduler) request.scheduler = scheduler;
+      const abort = () => worker.postMessage({ op: 'cancel' });
+      signal?.addEventListener('abort', abort, { once: true });
+      busy = true;
+      try {
+        const out = await call({ op: 'generate', request }, perCall ?? onProgress);
+        return { ...out, png: new Blob([out.png], { type: 'image/png' }) };
+      } finally {
+        busy = false;
+        signal?.removeEventListener('abort', abort);
+      }
+    },
+    dispose() {
+      for (const c of pending.values()) c.reject(new Error('the generator was disposed'));
+      pending.clear();
+      failure = new Error('the generator was disposed');
+      worker.postMessage({ id: 0, op: 'dispose' });
+      // Terminating the worker releases its GPU device and everything on it.
+      setTimeout(() => worker.terminate(), 100);
+    },
+  };
+}

@@ -1,0 +1,208 @@
+// The Web Worker that runs the wasm core, so the page stays responsive while the GPU works.
+// It fetches a diffusers repository through the IndexedDB cache (cache.js) and streams each
+// weights file, chunk by chunk, into GPU buffers: no file is ever whole in memory.
+//
+// Protocol (see sdweb.js): requests {id, op, ...}; replies {id, type: 'progress'|'result'|'error'}.
+
+import init, { ModelLoader } from './pkg/sdweb.js';
+import { ModelCache } from './cache.js';
+
+// wgpu does not surface WGSL compile errors; log them (with the failing line) so a shader
+// that a browser's compiler rejects is diagnosable from the console.
+// CubeCL's matmul emits `enable subgroups;` + subgroupAdd on WebGPU, but wgpu 30 never asks
+// the browser for the `subgroups` feature (its feature table lacks it), so every such shader
+// fails to compile. Request it ourselves whenever the adapter offers it.
+if (self.GPUAdapter) {
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = function (descriptor = {}) {
+    const features = new Set(descriptor.requiredFeatures ?? []);
+    if (this.features.has('subgroups')) features.add('subgroups');
+    return requestDevice.call(this, { ...descriptor, requiredFeatures: [...features] });
+  };
+}
+
+if (self.GPUDevice) {
+  const create = GPUDevice.prototype.createShaderModule;
+  GPUDevice.prototype.createShaderModule = function (descriptor) {
+    // Tint's uniformity analysis rejects CubeCL's plane reductions, which are uniform in
+    // practice (naga, natively, does not check); turn that diagnostic off for such shaders.
+    if (/^enable subgroups;/m.test(descriptor.code) && !/diagnostic\(off, subgroup_uniformity\)/.test(descriptor.code)) {
+      descriptor = { ...descriptor, code: descriptor.code.replace(/^(enable subgroups;)/m, '$1\ndiagnostic(off, subgroup_uniformity);') };
+    }
+    const module = create.call(this, descriptor);
+    module.getCompilationInfo?.().then((info) => {
+      for (const m of info.messages.filter((m) => m.type === 'error')) {
+        const line = descriptor.code.split('\n')[m.lineNum - 1] ?? '';
+        console.error(`WGSL error in ${descriptor.label ?? 'shader'} at ${m.lineNum}:${m.linePos}: ${m.message}\n  ${line.trim()}`);
+      }
+    }).catch(() => {});
+    return module;
+  };
+}
+
+const wasmReady = init({ module_or_path: new URL('./pkg/sdweb_bg.wasm', import.meta.url) });
+let generator = null;
+let info = null;
+let compiled = false;
+
+const COMPONENTS = ['text_encoder', 'unet', 'vae'];
+const WEIGHT_STEMS = { text_encoder: 'model', unet: 'diffusion_pytorch_model', vae: 'diffusion_pytorch_model' };
+
+self.onmessage = async ({ data }) => {
+  const { id, op } = data;
+  if (op === 'cancel') {
+    generator?.cancel();
+    return;
+  }
+  const progress = (event) => self.postMessage({ id, type: 'progress', event });
+  try {
+    await wasmReady;
+    if (op === 'load') {
+      self.postMessage({ id, type: 'result', value: await load(data, progress) });
+    } else if (op === 'generate') {
+      const value = await generate(data.request, progress);
+      self.postMessage({ id, type: 'result', value }, [value.png.buffer]);
+    } else if (op === 'dispose') {
+      generator?.free();
+      generator = null;
+      self.postMessage({ id, type: 'result', value: null });
+    } else {
+      throw new Error(`unknown worker operation ${op}`);
+    }
+  } catch (e) {
+    self.postMessage({ id, type: 'error', error: describe(e) });
+  }
+};
+
+// Errors cross postMessage as plain objects; keep what the page needs to explain them.
+function describe(e) {
+  const message = String(e?.message ?? e);
+  const name = message.startsWith('AbortError') ? 'AbortError' : (e?.name ?? 'Error');
+  return { name, message: message.replace(/^AbortError: /, ''), code: e?.code, url: e?.url, status: e?.status, needed: e?.needed, available: e?.available };
+}
+
+async function load({ model, revision, precision }, progress) {
+  if (generator) { generator.free(); generator = null; }
+  const cache = await ModelCache.open();
+  const base = model.replace(/\/+$/, '');
+  const url = (path) => `${base}/${path}`;
+
+  // Cached files are used without any request, so a second visit works offline.
+  const fetchFile = async (path) => {
+    const cached = await cache.info(url(path), revision);
+    if (cached) return cached;
+    return cache.ensure(url(path), {
+      model: base, revision,
+      onProgress: (loaded, total) => progress({ type: 'download', file: path, loaded, total }),
+    });
+  };
+  // Optional files: absent (404) or unreachable while their alternatives are cached → null.
+  const fetchOptional = async (path) => {
+    try {
+      return await fetchFile(path);
+    } catch (e) {
+      if (e.code === 'http' && e.status === 404) return null;
+      if (e.code === 'network') return null;
+      throw e;
+    }
+  };
+  const text = async (path) => { await fetchFile(path); return cache.text(url(path), revision); };
+
+  const index = JSON.parse(await text('model_index.json'));
+  if (!String(index._class_name ?? '').startsWith('StableDiffusion')) {
+    throw new Error(`${base} is a ${index._class_name ?? 'unknown'} model; sdweb runs StableDiffusionPipeline repositories (SD 1.x / 2.x)`);
+  }
+
+  // The tokenizer: tokenizer.json (fast layout) or vocab.json + merges.txt (original SD layout).
+  const tokenizerFiles = {};
+  const haveSlow = (await cache.info(url('tokenizer/vocab.json'), revision)) && (await cache.info(url('tokenizer/merges.txt'), revision));
+  if (!haveSlow && (await fetchOptional('tokenizer/tokenizer.json'))) tokenizerFiles.tokenizer_json = 'tokenizer/tokenizer.json';
+  if (!tokenizerFiles.tokenizer_json) {
+    await fetchFile('tokenizer/vocab.json');
+    await fetchFile('tokenizer/merges.txt');
+    tokenizerFiles.vocab_json = 'tokenizer/vocab.json';
+    tokenizerFiles.merges_txt = 'tokenizer/merges.txt';
+  }
+  for (const [key, path] of [['tokenizer_config_json', 'tokenizer/tokenizer_config.json'], ['special_tokens_map_json', 'tokenizer/special_tokens_map.json']]) {
+    if (await fetchOptional(path)) tokenizerFiles[key] = path;
+  }
+
+  // Weights: the fp16 variant when published (half the download; converted on upload), else f32.
+  const weights = {};
+  for (const component of COMPONENTS) {
+    await fetchFile(`${component}/config.json`);
+    const stem = `${component}/${WEIGHT_STEMS[component]}`;
+    const candidates = [`${stem}.fp16.safetensors`, `${stem}.safetensors`];
+    let found = null;
+    for (const path of candidates) {
+      const cached = await cache.info(url(path), revision);
+      if (cached) { found = { path, size: cached.size }; break; }
+    }
+    for (const path of candidates) {
+      if (found) break;
+      const got = await fetchOptional(path);
+      if (got) found = { path, size: got.size };
+    }
+    if (!found) throw new Error(`${base}/${component}/ has no weights: looked for ${candidates.map((c) => c.split('/').pop()).join(' and ')}`);
+    weights[component] = found;
+  }
+  await fetchFile('scheduler/scheduler_config.json');
+
+  const loader = await ModelLoader.create(base.split('/').filter(Boolean).pop() ?? base, precision ?? 'auto');
+  try {
+    const bytes = async (path) => (path ? cache.bytes(url(path), revision) : undefined);
+    loader.set_tokenizer(
+      await bytes(tokenizerFiles.tokenizer_json), await bytes(tokenizerFiles.vocab_json), await bytes(tokenizerFiles.merges_txt),
+      await bytes(tokenizerFiles.tokenizer_config_json), await bytes(tokenizerFiles.special_tokens_map_json));
+    loader.set_scheduler_config(await cache.text(url('scheduler/scheduler_config.json'), revision));
+    let fileIndex = 0;
+    for (const component of COMPONENTS) {
+      const { path, size } = weights[component];
+      progress({ type: 'load', file: path, index: fileIndex++, count: COMPONENTS.length, loaded: 0, total: size });
+      loader.begin_weights(component, await cache.text(url(`${component}/config.json`), revision), path, size);
+      let loaded = 0;
+      try {
+        for await (const chunk of cache.chunks(url(path), revision)) {
+          loader.push_weights(chunk);
+          loaded += chunk.length;
+        }
+        loader.end_weights();
+      } catch (e) {
+        // A file that parses wrong is not kept: the next load downloads it again.
+        if (/malformed weights file/.test(String(e?.message))) {
+          await cache.remove(url(path), revision);
+          throw new Error(`${String(e.message)} — the file was removed from the cache; loading again downloads it anew`);
+        }
+        throw e;
+      }
+    }
+    generator = loader.build();
+  } finally {
+    loader.free();
+  }
+  cache.close();
+  compiled = false;
+  info = { model, ...JSON.parse(generator.info()) };
+  return info;
+}
+
+async function generate(request, progress) {
+  if (!generator) throw new Error('no model is loaded');
+  if (!compiled) progress({ type: 'compile' });
+  const onEvent = (json) => {
+    const event = JSON.parse(json);
+    if (event.type === 'step') {
+      progress(event);
+      if (event.step === event.steps) progress({ type: 'decode' });
+    } else if (event.type === 'tokenized' && event.truncated) {
+      progress({ type: 'warning', message: `The prompt has ${event.tokens} tokens and was cut to ${event.maxTokens} (CLIP's limit).` });
+    }
+  };
+  const out = await generator.generate(JSON.stringify(request), onEvent);
+  compiled = true;
+  progress({ type: 'done' });
+  return {
+    png: out.png, width: out.width, height: out.height, seed: out.seed, scheduler: out.scheduler,
+    parameters: out.parameters, timings: JSON.parse(out.timings),
+  };
+}
