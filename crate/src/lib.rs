@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod image_io;
 pub mod models;
 pub mod noise;
 pub mod npy;

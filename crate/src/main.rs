@@ -73,6 +73,13 @@ struct GenOpts {
     /// float32 .npy of unit-normal latents [1, 4, H/f, W/f], used as diffusers' `latents=`.
     #[arg(long)]
     init_noise: Option<PathBuf>,
+    /// img2img: start from this PNG (resized to --width/--height when given, else its own
+    /// size rounded down to the VAE factor).
+    #[arg(long, conflicts_with = "init_noise")]
+    init_image: Option<PathBuf>,
+    /// img2img: how much to change the init image, in (0, 1] (diffusers' default 0.8).
+    #[arg(long, default_value_t = 0.8, requires = "init_image")]
+    strength: f64,
     /// auto (f16 where the adapter has shader-f16, else f32), f32, or f16.
     #[arg(long, default_value = "auto")]
     precision: String,
@@ -146,9 +153,31 @@ fn run(
     let load_ms = clock_ms(&clock) - t0;
     eprintln!("loaded {} in {:.0} ms", opts.model.display(), load_ms);
 
+    let init = match &opts.init_image {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(
+                sdweb::image_io::decode_png_rgb(&bytes)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    // An init image sets the default size (rounded down to the VAE factor, as diffusers).
+    let f = model.vae_scale_factor();
     let native = model.default_size();
-    let width = opts.width.unwrap_or(native);
-    let height = opts.height.unwrap_or(native);
+    let width = opts
+        .width
+        .or(init.as_ref().map(|i| (i.width / f).max(1) * f))
+        .unwrap_or(native);
+    let height = opts
+        .height
+        .or(init.as_ref().map(|i| (i.height / f).max(1) * f))
+        .unwrap_or(native);
+    let init_image = init.map(|image| sdweb::pipeline::InitImage {
+        rgb: sdweb::image_io::resize_bilinear(&image, width, height).rgb,
+        strength: opts.strength,
+    });
     let seed = opts.seed.unwrap_or_else(random_seed);
     let init_noise = match &opts.init_noise {
         Some(path) => {
@@ -178,6 +207,7 @@ fn run(
         height,
         seed,
         init_noise,
+        init_image,
     };
     eprintln!(
         "seed {seed}, {width}x{height}, {} steps, guidance {}",
@@ -225,7 +255,10 @@ fn run(
             width: width as u32,
             height: height as u32,
             model: model.name.clone(),
-            extra: Vec::new(),
+            extra: match &request.init_image {
+                Some(init) => vec![("Denoising strength".into(), init.strength.to_string())],
+                None => Vec::new(),
+            },
         };
         let png = encode_png(&out.rgb, width as u32, height as u32, &params)?;
         std::fs::write(path, png).map_err(|e| format!("{}: {e}", path.display()))?;

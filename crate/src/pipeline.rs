@@ -66,6 +66,40 @@ pub struct GenerateRequest {
     pub seed: u64,
     /// Unit-normal initial latents `[1, C, H/f, W/f]`, like diffusers' `latents=`.
     pub init_noise: Option<Vec<f32>>,
+    /// img2img: start from this image instead of pure noise.
+    pub init_image: Option<InitImage>,
+}
+
+/// The image img2img starts from, already at the request's width × height.
+#[derive(Clone, Debug)]
+pub struct InitImage {
+    /// RGB8, row-major, `width * height * 3`.
+    pub rgb: Vec<u8>,
+    /// How much to change it, in (0, 1]: the share of the schedule that is run (diffusers'
+    /// `strength`); 1 ignores the image's content.
+    pub strength: f64,
+}
+
+impl InitImage {
+    /// diffusers' `get_timesteps`: the first step of the schedule that runs for `strength`.
+    pub fn first_step(&self, steps: usize) -> Result<usize, PipelineError> {
+        if !(self.strength > 0.0 && self.strength <= 1.0) {
+            return Err(PipelineError::Invalid(format!(
+                "strength {} must be in (0, 1]",
+                self.strength
+            )));
+        }
+        // Python's int() truncates, as diffusers does.
+        let run = ((steps as f64 * self.strength) as usize).min(steps);
+        if run == 0 {
+            return Err(PipelineError::Invalid(format!(
+                "strength {} with {steps} steps runs no step; raise the strength or the steps (at least {:.3})",
+                self.strength,
+                1.0 / steps as f64
+            )));
+        }
+        Ok(steps - run)
+    }
 }
 
 /// The final latents of [`StableDiffusion::denoise`], before the VAE.
@@ -441,25 +475,38 @@ impl StableDiffusion {
         let channels = self.unet.config().in_channels;
         let shape = [1, channels, req.height / f, req.width / f];
         let n: usize = shape.iter().product();
-        // The generator yields the initial noise first, then any per-step noise, so a given seed
-        // reproduces the same image with or without --init-noise holding those same values.
+        // One generator per image, drawn in diffusers' order: txt2img takes the initial noise
+        // first (so a seed reproduces the --init-noise image); img2img the VAE posterior sample,
+        // then the noise added to it; then any per-step noise (Euler a, LCM).
         let mut generator = NoiseGenerator::new(req.seed);
-        let generated = generator.normal(n);
-        let noise = match &req.init_noise {
-            Some(values) if values.len() != n => {
-                return Err(PipelineError::Invalid(format!(
-                    "initial noise has {} values, expected {n} for shape {shape:?}",
-                    values.len()
-                )));
+        let (first_step, mut latents) = match &req.init_image {
+            Some(init) => {
+                let first = init.first_step(req.steps)?;
+                let image_latents = self
+                    .encode_image(&init.rgb, req.width, req.height, &mut generator)
+                    .await?;
+                let noise = generator.normal(n);
+                (first, scheduler.add_noise(&image_latents, &noise, first))
             }
-            Some(values) => values.clone(),
-            None => generated,
+            None => {
+                let generated = generator.normal(n);
+                let noise = match &req.init_noise {
+                    Some(values) if values.len() != n => {
+                        return Err(PipelineError::Invalid(format!(
+                            "initial noise has {} values, expected {n} for shape {shape:?}",
+                            values.len()
+                        )));
+                    }
+                    Some(values) => values.clone(),
+                    None => generated,
+                };
+                let sigma = scheduler.init_noise_sigma() as f32;
+                (0, noise.iter().map(|v| v * sigma).collect())
+            }
         };
-        let sigma = scheduler.init_noise_sigma() as f32;
-        let mut latents: Vec<f32> = noise.iter().map(|v| v * sigma).collect();
 
         let timesteps = scheduler.timesteps().to_vec();
-        for (i, &t) in timesteps.iter().enumerate() {
+        for (i, &t) in timesteps.iter().enumerate().skip(first_step) {
             if cancelled() {
                 return Err(PipelineError::Cancelled);
             }
@@ -486,8 +533,8 @@ impl StableDiffusion {
             let ms = clock.now_ms() - t_step;
             timings.unet_steps_ms.push(ms);
             progress(Progress::Step {
-                index: i + 1,
-                total: timesteps.len(),
+                index: i + 1 - first_step,
+                total: timesteps.len() - first_step,
                 ms,
             });
         }
@@ -498,6 +545,47 @@ impl StableDiffusion {
             scheduler: kind,
             timings,
         })
+    }
+
+    /// img2img's start: RGB8 → [-1, 1] → VAE posterior sample (mean + std · noise from
+    /// `generator`) × scaling_factor, as diffusers' `retrieve_latents(sample_mode="sample")`.
+    pub async fn encode_image(
+        &self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+        generator: &mut NoiseGenerator,
+    ) -> Result<Vec<f32>, PipelineError> {
+        if rgb.len() != width * height * 3 {
+            return Err(PipelineError::Invalid(format!(
+                "init image has {} bytes, expected {width}x{height} RGB ({})",
+                rgb.len(),
+                width * height * 3
+            )));
+        }
+        let pixels: Vec<f32> = rgb.iter().map(|&v| v as f32 / 255.0 * 2.0 - 1.0).collect();
+        let vae_dtype = if self.vae.config().force_upcast {
+            DType::F32
+        } else {
+            self.dtype
+        };
+        let image =
+            Tensor::<3>::from_data(TensorData::new(pixels, [height, width, 3]), &self.device)
+                .permute([2, 0, 1])
+                .reshape([1, 3, height, width])
+                .cast(vae_dtype);
+        let (mean, logvar) = self.vae.encode(image);
+        let mean = read_back(mean).await?;
+        let logvar = read_back(logvar).await?;
+        let noise = generator.normal(mean.len());
+        let scale = self.vae.config().scaling_factor as f32;
+        let shift = self.vae.config().shift_factor as f32;
+        Ok(mean
+            .iter()
+            .zip(&logvar)
+            .zip(&noise)
+            .map(|((m, lv), e)| (m + (0.5 * lv).exp() * e - shift) * scale)
+            .collect())
     }
 
     /// Latents → RGB8 exactly like diffusers' postprocess: `round(clamp(x/2 + 0.5, 0, 1) * 255)` (numpy rounds half to even).

@@ -297,6 +297,7 @@ async fn run_generate(
         height: req.height,
         seed: req.seed as u64,
         init_noise: None,
+        init_image: None,
     };
     let emit = |value: serde_json::Value| {
         // A throwing progress handler must not abort the generation.

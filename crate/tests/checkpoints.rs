@@ -663,6 +663,7 @@ fn request(case: &Case) -> GenerateRequest {
         height: case.height,
         seed: case.seed,
         init_noise: Some(init_noise(case)),
+        init_image: None,
     }
 }
 

@@ -20,6 +20,7 @@ fn request(case: &Case, with_noise: bool) -> GenerateRequest {
         height: case.height,
         seed: case.seed,
         init_noise: with_noise.then(|| init_noise(case)),
+        init_image: None,
     }
 }
 
@@ -118,4 +119,85 @@ fn bad_sizes_name_the_nearest_valid_size() {
         err.contains("width 66") && err.contains("nearest valid width: 68"),
         "{err}"
     );
+}
+
+#[derive(serde::Deserialize)]
+struct Img2ImgCase {
+    name: String,
+    model: String,
+    prompt: String,
+    negative_prompt: String,
+    steps: usize,
+    guidance: f64,
+    scheduler: String,
+    width: usize,
+    height: usize,
+    seed: u64,
+    strength: f64,
+    init_image: String,
+    png: String,
+}
+
+/// img2img against StableDiffusionImg2ImgPipeline: VAE posterior sample, strength's timestep
+/// truncation and add_noise, every random draw from our generator in diffusers' order.
+#[test]
+fn img2img_matches_diffusers() {
+    let dir = reference_dir().join("img2img");
+    let cases: Vec<Img2ImgCase> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 4);
+    for model_name in ["sd1_tiny", "sd2_tiny"] {
+        let model = load(model_name, DType::F32);
+        for case in cases.iter().filter(|c| c.model == model_name) {
+            let image = sdweb::image_io::decode_png_rgb(
+                &std::fs::read(dir.join(&case.init_image)).unwrap(),
+            )
+            .unwrap();
+            assert_eq!((image.width, image.height), (case.width, case.height));
+            let req = GenerateRequest {
+                prompt: case.prompt.clone(),
+                negative_prompt: case.negative_prompt.clone(),
+                steps: case.steps,
+                guidance: case.guidance,
+                scheduler: Some(SchedulerKind::from_name(&case.scheduler).unwrap()),
+                width: case.width,
+                height: case.height,
+                seed: case.seed,
+                init_noise: None,
+                init_image: Some(sdweb::pipeline::InitImage {
+                    rgb: image.rgb,
+                    strength: case.strength,
+                }),
+            };
+            let (want, ..) = decode_rgb(&std::fs::read(dir.join(&case.png)).unwrap());
+            assert_image_close(&case.name, &run(&model, &req), &want);
+        }
+    }
+}
+
+#[test]
+fn img2img_strength_that_runs_no_step_is_an_error() {
+    let init = sdweb::pipeline::InitImage {
+        rgb: Vec::new(),
+        strength: 0.2,
+    };
+    let err = init.first_step(4).unwrap_err().to_string();
+    assert!(
+        err.contains("strength 0.2") && err.contains("0.250"),
+        "{err}"
+    );
+    let err = sdweb::pipeline::InitImage {
+        strength: 1.5,
+        ..init.clone()
+    }
+    .first_step(4)
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("(0, 1]"), "{err}");
+    // diffusers: int(4 * 0.75) = 3 steps run, from index 1.
+    let ok = sdweb::pipeline::InitImage {
+        strength: 0.75,
+        ..init
+    };
+    assert_eq!(ok.first_step(4).unwrap(), 1);
 }
