@@ -64,3 +64,10 @@ pub fn resize_bilinear(image: &RgbImage, width: usize, height: usize) -> RgbImag
     }
     RgbImage { width, height, rgb }
 }
+
+/// RGB8 → 8-bit luminance as PIL's `convert("L")` (ITU-R 601-2: 299, 587, 114 per mille).
+pub fn to_gray(rgb: &[u8]) -> Vec<u8> {
+    rgb.chunks_exact(3)
+        .map(|p| ((p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114) / 1000) as u8)
+        .collect()
+}

@@ -11,6 +11,7 @@ pub mod noise;
 pub mod npy;
 pub mod pipeline;
 pub mod png_meta;
+pub mod preview;
 pub mod schedulers;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]

@@ -77,9 +77,16 @@ struct GenOpts {
     /// size rounded down to the VAE factor).
     #[arg(long, conflicts_with = "init_noise")]
     init_image: Option<PathBuf>,
-    /// img2img: how much to change the init image, in (0, 1] (diffusers' default 0.8).
-    #[arg(long, default_value_t = 0.8, requires = "init_image")]
-    strength: f64,
+    /// img2img/inpainting: how much to change the init image, in (0, 1] (diffusers' defaults:
+    /// 0.8 for img2img, 1.0 for inpainting).
+    #[arg(long, requires = "init_image")]
+    strength: Option<f64>,
+    /// Inpainting: a PNG mask (white = repaint, black = keep), with --init-image.
+    #[arg(long, requires = "init_image")]
+    mask: Option<PathBuf>,
+    /// Write a cheap latent preview after every step to DIR/step-NNN.png.
+    #[arg(long)]
+    preview_dir: Option<PathBuf>,
     /// auto (f16 where the adapter has shader-f16, else f32), f32, or f16.
     #[arg(long, default_value = "auto")]
     precision: String,
@@ -174,9 +181,22 @@ fn run(
         .height
         .or(init.as_ref().map(|i| (i.height / f).max(1) * f))
         .unwrap_or(native);
+    let mask = match &opts.mask {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let image = sdweb::image_io::decode_png_rgb(&bytes)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let image = sdweb::image_io::resize_bilinear(&image, width, height);
+            Some(sdweb::image_io::to_gray(&image.rgb))
+        }
+        None => None,
+    };
     let init_image = init.map(|image| sdweb::pipeline::InitImage {
         rgb: sdweb::image_io::resize_bilinear(&image, width, height).rgb,
-        strength: opts.strength,
+        strength: opts
+            .strength
+            .unwrap_or(if mask.is_some() { 1.0 } else { 0.8 }),
+        mask,
     });
     let seed = opts.seed.unwrap_or_else(random_seed);
     let init_noise = match &opts.init_noise {
@@ -213,6 +233,10 @@ fn run(
         "seed {seed}, {width}x{height}, {} steps, guidance {}",
         opts.steps, opts.guidance
     );
+    if let Some(dir) = &opts.preview_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let vae_factor = model.vae_scale_factor();
     let mut on_progress = |p: Progress| match p {
         Progress::Tokenized {
             truncated: true,
@@ -222,6 +246,18 @@ fn run(
             "warning: the prompt has {token_count} tokens and was cut to {max_length} (CLIP's limit)"
         ),
         Progress::Step { index, total, ms } => eprintln!("step {index}/{total} ({ms:.0} ms)"),
+        Progress::Latents {
+            index,
+            latents,
+            shape,
+            ..
+        } => {
+            if let Some(dir) = &opts.preview_dir
+                && let Err(e) = write_preview(dir, index, &latents, shape, vae_factor)
+            {
+                eprintln!("warning: preview {index} not written: {e}");
+            }
+        }
         Progress::Decoded => eprintln!("decoded"),
         _ => {}
     };
@@ -290,6 +326,25 @@ fn run(
         });
         println!("{line}");
     }
+    Ok(())
+}
+
+/// A latent-projection preview, enlarged to the image size, as DIR/step-NNN.png.
+fn write_preview(
+    dir: &std::path::Path,
+    step: usize,
+    latents: &[f32],
+    shape: [usize; 4],
+    factor: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (rgb, w, h) = sdweb::preview::latents_to_rgb(latents, shape);
+    let rgb = sdweb::preview::upscale_nearest(&rgb, w, h, factor);
+    let params = GenerationParams {
+        prompt: format!("preview of step {step}"),
+        ..Default::default()
+    };
+    let png = encode_png(&rgb, (w * factor) as u32, (h * factor) as u32, &params)?;
+    std::fs::write(dir.join(format!("step-{step:03}.png")), png)?;
     Ok(())
 }
 

@@ -76,8 +76,10 @@ pub struct InitImage {
     /// RGB8, row-major, `width * height * 3`.
     pub rgb: Vec<u8>,
     /// How much to change it, in (0, 1]: the share of the schedule that is run (diffusers'
-    /// `strength`); 1 ignores the image's content.
+    /// `strength`); 1 ignores the image's content (inpainting's default).
     pub strength: f64,
+    /// Inpainting: grayscale `width * height`, white (≥ 128) = repaint, black = keep.
+    pub mask: Option<Vec<u8>>,
 }
 
 impl InitImage {
@@ -131,6 +133,13 @@ pub enum Progress {
         index: usize,
         total: usize,
         ms: f64,
+    },
+    /// The latents after step `index` (for previews, see [`crate::preview`]).
+    Latents {
+        index: usize,
+        total: usize,
+        latents: Vec<f32>,
+        shape: [usize; 4],
     },
     Decoded,
 }
@@ -472,14 +481,77 @@ impl StableDiffusion {
         progress(Progress::TextEncoded);
 
         let f = self.vae_scale_factor();
-        let channels = self.unet.config().in_channels;
+        let channels = self.vae.config().latent_channels;
         let shape = [1, channels, req.height / f, req.width / f];
+        let unet_channels = self.unet.config().in_channels;
+        let inpaint_unet = unet_channels == 2 * channels + 1;
+        if unet_channels != channels && !inpaint_unet {
+            return Err(PipelineError::Invalid(format!(
+                "the UNet takes {unet_channels} input channels; expected {channels} (text-to-image) or {} (inpainting)",
+                2 * channels + 1
+            )));
+        }
+        if inpaint_unet
+            && req
+                .init_image
+                .as_ref()
+                .and_then(|i| i.mask.as_ref())
+                .is_none()
+        {
+            return Err(PipelineError::Invalid(
+                "this is an inpainting model (9-channel UNet): give an image and a mask".into(),
+            ));
+        }
         let n: usize = shape.iter().product();
         // One generator per image, drawn in diffusers' order: txt2img takes the initial noise
         // first (so a seed reproduces the --init-noise image); img2img the VAE posterior sample,
         // then the noise added to it; then any per-step noise (Euler a, LCM).
         let mut generator = NoiseGenerator::new(req.seed);
+        let mut inpaint: Option<Inpainting> = None;
         let (first_step, mut latents) = match &req.init_image {
+            Some(init) if init.mask.is_some() => {
+                // StableDiffusionInpaintPipeline: image latents (4-channel UNet or strength < 1),
+                // noise, then the masked image's latents, each from the generator in that order.
+                let first = init.first_step(req.steps)?;
+                let strength_max = init.strength == 1.0;
+                let pixels = rgb_to_unit(&init.rgb, req.width, req.height)?;
+                let image_latents = if !inpaint_unet || !strength_max {
+                    Some(
+                        self.encode_pixels(&pixels, req.width, req.height, &mut generator)
+                            .await?,
+                    )
+                } else {
+                    None
+                };
+                let noise = generator.normal(n);
+                let latents = match &image_latents {
+                    Some(image) if !strength_max => scheduler.add_noise(image, &noise, first),
+                    _ => {
+                        let sigma = scheduler.init_noise_sigma() as f32;
+                        noise.iter().map(|v| v * sigma).collect()
+                    }
+                };
+                let mask = binarize_mask(
+                    init.mask.as_deref().unwrap_or_default(),
+                    req.width,
+                    req.height,
+                )?;
+                let masked: Vec<f32> = pixels
+                    .iter()
+                    .enumerate()
+                    .map(|(k, v)| if mask[k / 3] { 0.0 } else { *v })
+                    .collect();
+                let masked_latents = self
+                    .encode_pixels(&masked, req.width, req.height, &mut generator)
+                    .await?;
+                inpaint = Some(Inpainting {
+                    latent_mask: downsample_mask(&mask, req.width, req.height, shape[3], shape[2]),
+                    image_latents,
+                    masked_latents,
+                    noise,
+                });
+                (first, latents)
+            }
             Some(init) => {
                 let first = init.first_step(req.steps)?;
                 let image_latents = self
@@ -512,8 +584,15 @@ impl StableDiffusion {
             }
             let t_step = clock.now_ms();
             let scale = scheduler.input_scale(i) as f32;
-            let scaled: Vec<f32> = latents.iter().map(|v| v * scale).collect();
-            let x = Tensor::<4>::from_data(TensorData::new(scaled, shape), &self.device)
+            let mut scaled: Vec<f32> = latents.iter().map(|v| v * scale).collect();
+            let mut input_shape = shape;
+            if let (true, Some(inp)) = (inpaint_unet, &inpaint) {
+                // [latents, mask, masked image latents] along channels (batch 1: plane order).
+                scaled.extend(inp.latent_mask.iter().copied());
+                scaled.extend_from_slice(&inp.masked_latents);
+                input_shape[1] = unet_channels;
+            }
+            let x = Tensor::<4>::from_data(TensorData::new(scaled, input_shape), &self.device)
                 .cast(self.dtype);
             let x = if cfg {
                 Tensor::cat(vec![x.clone(), x], 0)
@@ -530,12 +609,32 @@ impl StableDiffusion {
             };
             let model_output = read_back(noise_pred).await?;
             latents = scheduler.step(&model_output, i, &latents, &mut generator);
+            if let (false, Some(inp)) = (inpaint_unet, &inpaint) {
+                // Keep the unmasked area on the image, noised to the next step's level.
+                let image = inp.image_latents.as_deref().unwrap_or_default();
+                let proper = if i + 1 < timesteps.len() {
+                    scheduler.add_noise(image, &inp.noise, i + 1)
+                } else {
+                    image.to_vec()
+                };
+                let plane = shape[2] * shape[3];
+                for (k, v) in latents.iter_mut().enumerate() {
+                    let m = inp.latent_mask[k % plane];
+                    *v = (1.0 - m) * proper[k] + m * *v;
+                }
+            }
             let ms = clock.now_ms() - t_step;
             timings.unet_steps_ms.push(ms);
             progress(Progress::Step {
                 index: i + 1 - first_step,
                 total: timesteps.len() - first_step,
                 ms,
+            });
+            progress(Progress::Latents {
+                index: i + 1 - first_step,
+                total: timesteps.len() - first_step,
+                latents: latents.clone(),
+                shape,
             });
         }
 
@@ -556,14 +655,19 @@ impl StableDiffusion {
         height: usize,
         generator: &mut NoiseGenerator,
     ) -> Result<Vec<f32>, PipelineError> {
-        if rgb.len() != width * height * 3 {
-            return Err(PipelineError::Invalid(format!(
-                "init image has {} bytes, expected {width}x{height} RGB ({})",
-                rgb.len(),
-                width * height * 3
-            )));
-        }
-        let pixels: Vec<f32> = rgb.iter().map(|&v| v as f32 / 255.0 * 2.0 - 1.0).collect();
+        let pixels = rgb_to_unit(rgb, width, height)?;
+        self.encode_pixels(&pixels, width, height, generator).await
+    }
+
+    /// [`Self::encode_image`] from HWC pixels already in [-1, 1].
+    pub async fn encode_pixels(
+        &self,
+        pixels: &[f32],
+        width: usize,
+        height: usize,
+        generator: &mut NoiseGenerator,
+    ) -> Result<Vec<f32>, PipelineError> {
+        let pixels = pixels.to_vec();
         let vae_dtype = if self.vae.config().force_upcast {
             DType::F32
         } else {
@@ -613,6 +717,54 @@ impl StableDiffusion {
             .map(|v| (v * 255.0).round_ties_even() as u8)
             .collect())
     }
+}
+
+/// What inpainting carries through the denoising loop.
+struct Inpainting {
+    /// The mask at latent resolution, 1 = repaint.
+    latent_mask: Vec<f32>,
+    /// The whole image's latents (4-channel UNets blend them back in after each step).
+    image_latents: Option<Vec<f32>>,
+    /// The masked image's latents (9-channel inpainting UNets take them as input).
+    masked_latents: Vec<f32>,
+    noise: Vec<f32>,
+}
+
+/// RGB8 → [-1, 1], as diffusers' image processor normalises.
+fn rgb_to_unit(rgb: &[u8], width: usize, height: usize) -> Result<Vec<f32>, PipelineError> {
+    if rgb.len() != width * height * 3 {
+        return Err(PipelineError::Invalid(format!(
+            "init image has {} bytes, expected {width}x{height} RGB ({})",
+            rgb.len(),
+            width * height * 3
+        )));
+    }
+    Ok(rgb.iter().map(|&v| v as f32 / 255.0 * 2.0 - 1.0).collect())
+}
+
+/// diffusers' mask processor: grayscale / 255, binarised at 0.5 (true = repaint).
+fn binarize_mask(mask: &[u8], width: usize, height: usize) -> Result<Vec<bool>, PipelineError> {
+    if mask.len() != width * height {
+        return Err(PipelineError::Invalid(format!(
+            "mask has {} pixels, expected {width}x{height} ({})",
+            mask.len(),
+            width * height
+        )));
+    }
+    Ok(mask.iter().map(|&v| v as f32 / 255.0 >= 0.5).collect())
+}
+
+/// torch's `interpolate(mode="nearest")`: source index floor(dst · in / out).
+fn downsample_mask(mask: &[bool], width: usize, height: usize, w: usize, h: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let sy = (y * height / h).min(height - 1);
+        for x in 0..w {
+            let sx = (x * width / w).min(width - 1);
+            out.push(if mask[sy * width + sx] { 1.0 } else { 0.0 });
+        }
+    }
+    out
 }
 
 fn read_text(path: &Path) -> Result<String, PipelineError> {

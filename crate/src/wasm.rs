@@ -12,10 +12,11 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::pipeline::{
-    Clock, Component, ComponentLoad, GenerateRequest, PipelineBuilder, PipelineError, Progress,
-    StableDiffusion,
+    Clock, Component, ComponentLoad, GenerateRequest, InitImage, PipelineBuilder, PipelineError,
+    Progress, StableDiffusion,
 };
 use crate::png_meta::{GenerationParams, encode_png};
+use crate::preview::latents_to_rgb;
 use crate::schedulers::SchedulerKind;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::stream::SafetensorsStream;
@@ -203,6 +204,9 @@ struct JsRequest {
     width: usize,
     height: usize,
     seed: f64,
+    /// img2img strength; the pixels come as the `init_rgba` argument.
+    #[serde(default)]
+    strength: Option<f64>,
 }
 
 struct DateClock;
@@ -250,15 +254,22 @@ impl Generator {
         self.cancel.set(true);
     }
 
-    /// `request_json`: {prompt, negativePrompt, steps, guidance, scheduler?, width, height, seed}.
-    /// `on_progress` gets JSON strings (`{"type":"step","step":3,"steps":20,"ms":812}`).
+    /// `request_json`: {prompt, negativePrompt, steps, guidance, scheduler?, width, height, seed,
+    /// strength?}; `init_rgba`: img2img pixels at width × height (RGBA8), or undefined.
+    /// `on_progress(json, pixels?)` gets JSON strings (`{"type":"step","step":3,"steps":20}`);
+    /// `preview` events come with RGBA8 pixels at latent resolution.
     /// Resolves to {png: Uint8Array, width, height, seed, parameters, timings (JSON)}.
-    pub fn generate(&self, request_json: String, on_progress: js_sys::Function) -> js_sys::Promise {
+    pub fn generate(
+        &self,
+        request_json: String,
+        init_rgba: Option<Vec<u8>>,
+        on_progress: js_sys::Function,
+    ) -> js_sys::Promise {
         let sd = self.sd.clone();
         let cancel = self.cancel.clone();
         cancel.set(false);
         wasm_bindgen_futures::future_to_promise(async move {
-            run_generate(&sd, &request_json, &on_progress, &cancel)
+            run_generate(&sd, &request_json, init_rgba, &on_progress, &cancel)
                 .await
                 .map_err(JsValue::from)
         })
@@ -268,6 +279,7 @@ impl Generator {
 async fn run_generate(
     sd: &StableDiffusion,
     request_json: &str,
+    init_rgba: Option<Vec<u8>>,
     on_progress: &js_sys::Function,
     cancel: &Cell<bool>,
 ) -> Result<JsValue, JsError> {
@@ -297,8 +309,19 @@ async fn run_generate(
         height: req.height,
         seed: req.seed as u64,
         init_noise: None,
-        init_image: None,
+        init_image: match init_rgba {
+            Some(rgba) => Some(InitImage {
+                rgb: rgba
+                    .chunks_exact(4)
+                    .flat_map(|px| [px[0], px[1], px[2]])
+                    .collect(),
+                strength: req.strength.unwrap_or(0.8),
+                mask: None,
+            }),
+            None => None,
+        },
     };
+    let strength = request.init_image.as_ref().map(|i| i.strength);
     let emit = |value: serde_json::Value| {
         // A throwing progress handler must not abort the generation.
         let _ = on_progress.call1(&JsValue::NULL, &JsValue::from_str(&value.to_string()));
@@ -316,6 +339,26 @@ async fn run_generate(
         Progress::Step { index, total, ms } => emit(serde_json::json!({
             "type": "step", "step": index, "steps": total, "ms": ms,
         })),
+        Progress::Latents {
+            index,
+            total,
+            latents,
+            shape,
+        } => {
+            let (rgb, w, h) = latents_to_rgb(&latents, shape);
+            let rgba: Vec<u8> = rgb
+                .chunks_exact(3)
+                .flat_map(|px| [px[0], px[1], px[2], 255])
+                .collect();
+            let event = serde_json::json!({
+                "type": "preview", "step": index, "steps": total, "width": w, "height": h,
+            });
+            let _ = on_progress.call2(
+                &JsValue::NULL,
+                &JsValue::from_str(&event.to_string()),
+                &js_sys::Uint8Array::from(rgba.as_slice()),
+            );
+        }
         Progress::Decoded => emit(serde_json::json!({ "type": "decoded" })),
     };
     let out = sd
@@ -335,7 +378,9 @@ async fn run_generate(
         width: out.width as u32,
         height: out.height as u32,
         model: sd.name.clone(),
-        extra: Vec::new(),
+        extra: strength
+            .map(|s| vec![("Denoising strength".to_string(), s.to_string())])
+            .unwrap_or_default(),
     };
     let png =
         encode_png(&out.rgb, out.width as u32, out.height as u32, &params).map_err(js_error)?;

@@ -167,6 +167,7 @@ fn img2img_matches_diffusers() {
                 init_image: Some(sdweb::pipeline::InitImage {
                     rgb: image.rgb,
                     strength: case.strength,
+                    mask: None,
                 }),
             };
             let (want, ..) = decode_rgb(&std::fs::read(dir.join(&case.png)).unwrap());
@@ -180,6 +181,7 @@ fn img2img_strength_that_runs_no_step_is_an_error() {
     let init = sdweb::pipeline::InitImage {
         rgb: Vec::new(),
         strength: 0.2,
+        mask: None,
     };
     let err = init.first_step(4).unwrap_err().to_string();
     assert!(
@@ -200,4 +202,84 @@ fn img2img_strength_that_runs_no_step_is_an_error() {
         ..init
     };
     assert_eq!(ok.first_step(4).unwrap(), 1);
+}
+
+#[derive(serde::Deserialize)]
+struct InpaintCase {
+    name: String,
+    model: String,
+    prompt: String,
+    negative_prompt: String,
+    steps: usize,
+    guidance: f64,
+    scheduler: String,
+    width: usize,
+    height: usize,
+    seed: u64,
+    strength: f64,
+    init_image: String,
+    mask: String,
+    png: String,
+}
+
+/// Inpainting against StableDiffusionInpaintPipeline: latent-mask blending for an ordinary
+/// (4-channel) UNet and mask + masked-image channels for a 9-channel inpainting UNet.
+#[test]
+fn inpainting_matches_diffusers_for_both_unet_kinds() {
+    let dir = reference_dir().join("inpaint");
+    let cases: Vec<InpaintCase> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    assert!(
+        cases.iter().any(|c| c.model == "sd1_tiny")
+            && cases.iter().any(|c| c.model == "sd1_tiny_inpaint")
+    );
+    let read = |name: &str| {
+        sdweb::image_io::decode_png_rgb(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+    };
+    for model_name in ["sd1_tiny", "sd1_tiny_inpaint"] {
+        let model = load(model_name, DType::F32);
+        for case in cases.iter().filter(|c| c.model == model_name) {
+            let req = GenerateRequest {
+                prompt: case.prompt.clone(),
+                negative_prompt: case.negative_prompt.clone(),
+                steps: case.steps,
+                guidance: case.guidance,
+                scheduler: Some(SchedulerKind::from_name(&case.scheduler).unwrap()),
+                width: case.width,
+                height: case.height,
+                seed: case.seed,
+                init_noise: None,
+                init_image: Some(sdweb::pipeline::InitImage {
+                    rgb: read(&case.init_image).rgb,
+                    strength: case.strength,
+                    mask: Some(sdweb::image_io::to_gray(&read(&case.mask).rgb)),
+                }),
+            };
+            let (want, ..) = decode_rgb(&std::fs::read(dir.join(&case.png)).unwrap());
+            assert_image_close(&case.name, &run(&model, &req), &want);
+        }
+    }
+    // The 9-channel model refuses to run without a mask.
+    let model = load("sd1_tiny_inpaint", DType::F32);
+    let case = &cases[0];
+    let req = GenerateRequest {
+        prompt: case.prompt.clone(),
+        negative_prompt: String::new(),
+        steps: 2,
+        guidance: 1.0,
+        scheduler: None,
+        width: case.width,
+        height: case.height,
+        seed: 1,
+        init_noise: None,
+        init_image: None,
+    };
+    let err = pollster::block_on(model.generate(&req, &StdClock::default(), &mut |_| {}))
+        .err()
+        .expect("an inpainting UNet without a mask is an error")
+        .to_string();
+    assert!(
+        err.contains("inpainting model") && err.contains("mask"),
+        "{err}"
+    );
 }
