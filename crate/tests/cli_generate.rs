@@ -133,3 +133,89 @@ fn bad_inputs_fail_with_clear_messages() {
         .unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("model_index.json"));
 }
+
+/// `--init-image --mask --preview-dir`: the CLI's inpainting equals diffusers' (4-channel UNet,
+/// strength defaulting to 1.0 with a mask) and writes one preview per step.
+#[test]
+fn inpaint_with_previews_through_the_cli() {
+    let dir = reference_dir().join("inpaint");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let case = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "inpaint-sd1_tiny-ddim-s1.0")
+        .unwrap();
+    assert_eq!(case["strength"], 1.0);
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-inpaint");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let output = out_dir.join("inpaint.png");
+    let previews = out_dir.join("previews");
+    let s = |key: &str| case[key].as_str().unwrap().to_string();
+    let n = |key: &str| case[key].to_string();
+    let result = Command::new(env!("CARGO_BIN_EXE_sdweb"))
+        .args(["generate", "--model"])
+        .arg(fixtures().join(s("model")))
+        .args([
+            "--prompt",
+            &s("prompt"),
+            "--negative-prompt",
+            &s("negative_prompt"),
+        ])
+        .args([
+            "--steps",
+            &n("steps"),
+            "--guidance",
+            &n("guidance"),
+            "--scheduler",
+            &s("scheduler"),
+        ])
+        .args(["--seed", &n("seed"), "--precision", "f32"])
+        .arg("--init-image")
+        .arg(dir.join(s("init_image")))
+        .arg("--mask")
+        .arg(dir.join(s("mask")))
+        .arg("--preview-dir")
+        .arg(&previews)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "sdweb failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    // No --width/--height: the init image's size.
+    let (rgb, w, h) = decode_rgb(&std::fs::read(&output).unwrap());
+    assert_eq!(
+        (w as u64, h as u64),
+        (
+            case["width"].as_u64().unwrap(),
+            case["height"].as_u64().unwrap()
+        )
+    );
+    let (want, ..) = decode_rgb(&std::fs::read(dir.join(s("png"))).unwrap());
+    assert_image_close(&s("name"), &rgb, &want);
+    let text = read_png_text(&std::fs::read(&output).unwrap()).unwrap();
+    let params = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(params.contains("Denoising strength: 1"), "{params}");
+    for step in 1..=case["steps"].as_u64().unwrap() {
+        let preview = previews.join(format!("step-{step:03}.png"));
+        let (_, pw, ph) = decode_rgb(&std::fs::read(&preview).expect("a preview per step"));
+        assert_eq!((pw, ph), (w, h), "previews are enlarged to the image size");
+    }
+
+    // A mask without an init image is refused by the argument parser, naming the flag.
+    let result = Command::new(env!("CARGO_BIN_EXE_sdweb"))
+        .args(["generate", "--model"])
+        .arg(fixtures().join("sd1_tiny"))
+        .arg("--mask")
+        .arg(dir.join(s("mask")))
+        .args(["--output", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("--init-image"));
+}
