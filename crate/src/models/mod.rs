@@ -1,5 +1,6 @@
 pub mod attention;
 pub mod autoencoder_kl;
+pub mod autoencoder_tiny;
 pub mod clip_text_model;
 pub mod nn;
 pub mod resnet;

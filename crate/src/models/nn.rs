@@ -70,6 +70,22 @@ impl Conv2d {
         })
     }
 
+    /// A convolution without bias (`bias=False` in torch), e.g. TAESD's up/down-sampling convs.
+    pub fn load_without_bias(
+        w: &Weights,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self, WeightError> {
+        Ok(Self {
+            weight: w.get::<4>("weight", [out_ch, in_ch, kernel, kernel])?,
+            bias: None,
+            options: ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+        })
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         conv2d(
             x,
