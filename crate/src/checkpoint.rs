@@ -129,6 +129,7 @@ pub fn load_single_file_with_report(
         scheduler_config: base.scheduler,
         device: device.clone(),
         dtype,
+        preview_decoder: None,
     };
     Ok((model, report))
 }

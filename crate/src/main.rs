@@ -84,9 +84,13 @@ struct GenOpts {
     /// Inpainting: a PNG mask (white = repaint, black = keep), with --init-image.
     #[arg(long, requires = "init_image")]
     mask: Option<PathBuf>,
-    /// Write a cheap latent preview after every step to DIR/step-NNN.png.
+    /// Write a preview after every step to DIR/step-NNN.png (TAESD with --taesd, else a cheap
+    /// latent projection).
     #[arg(long)]
     preview_dir: Option<PathBuf>,
+    /// A TAESD folder (diffusers AutoencoderTiny, e.g. madebyollin/taesd) for the previews.
+    #[arg(long, requires = "preview_dir")]
+    taesd: Option<PathBuf>,
     /// auto (f16 where the adapter has shader-f16, else f32), f32, or f16.
     #[arg(long, default_value = "auto")]
     precision: String,
@@ -156,7 +160,10 @@ fn run(
         _ => DType::F32,
     };
     eprintln!("compute precision: {dtype:?}");
-    let model = StableDiffusion::load(&opts.model, &device, dtype)?;
+    let mut model = StableDiffusion::load(&opts.model, &device, dtype)?;
+    if let Some(dir) = &opts.taesd {
+        model.load_preview_decoder(dir)?;
+    }
     let load_ms = clock_ms(&clock) - t0;
     eprintln!("loaded {} in {:.0} ms", opts.model.display(), load_ms);
 
@@ -236,7 +243,6 @@ fn run(
     if let Some(dir) = &opts.preview_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let vae_factor = model.vae_scale_factor();
     let mut on_progress = |p: Progress| match p {
         Progress::Tokenized {
             truncated: true,
@@ -246,14 +252,15 @@ fn run(
             "warning: the prompt has {token_count} tokens and was cut to {max_length} (CLIP's limit)"
         ),
         Progress::Step { index, total, ms } => eprintln!("step {index}/{total} ({ms:.0} ms)"),
-        Progress::Latents {
+        Progress::Preview {
             index,
-            latents,
-            shape,
+            rgb,
+            width: w,
+            height: h,
             ..
         } => {
             if let Some(dir) = &opts.preview_dir
-                && let Err(e) = write_preview(dir, index, &latents, shape, vae_factor)
+                && let Err(e) = write_preview(dir, index, &rgb, w, h, width / w.max(1))
             {
                 eprintln!("warning: preview {index} not written: {e}");
             }
@@ -333,12 +340,13 @@ fn run(
 fn write_preview(
     dir: &std::path::Path,
     step: usize,
-    latents: &[f32],
-    shape: [usize; 4],
+    rgb: &[u8],
+    w: usize,
+    h: usize,
     factor: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let (rgb, w, h) = sdweb::preview::latents_to_rgb(latents, shape);
-    let rgb = sdweb::preview::upscale_nearest(&rgb, w, h, factor);
+    let factor = factor.max(1);
+    let rgb = sdweb::preview::upscale_nearest(rgb, w, h, factor);
     let params = GenerationParams {
         prompt: format!("preview of step {step}"),
         ..Default::default()

@@ -6,6 +6,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::config::{ConfigError, ConfigReader};
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
+use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::noise::NoiseGenerator;
@@ -41,6 +42,8 @@ pub struct StableDiffusion {
     pub scheduler_config: SchedulerConfig,
     pub device: Device,
     pub dtype: DType,
+    /// TAESD for step previews (optional; without it previews use a latent projection).
+    pub preview_decoder: Option<AutoencoderTiny>,
 }
 
 /// Per-stage wall times in milliseconds (GPU work included: each stage ends with a readback).
@@ -134,12 +137,15 @@ pub enum Progress {
         total: usize,
         ms: f64,
     },
-    /// The latents after step `index` (for previews, see [`crate::preview`]).
-    Latents {
+    /// A preview of the image after step `index`: TAESD's decode at image size when a
+    /// preview decoder is loaded, else the cheap latent projection at latent size.
+    Preview {
         index: usize,
         total: usize,
-        latents: Vec<f32>,
-        shape: [usize; 4],
+        /// RGB8, `width * height * 3`.
+        rgb: Vec<u8>,
+        width: usize,
+        height: usize,
     },
     Decoded,
 }
@@ -309,6 +315,7 @@ impl PipelineBuilder {
             scheduler_config,
             device: self.device,
             dtype: self.dtype,
+            preview_decoder: None,
         })
     }
 }
@@ -347,6 +354,24 @@ impl StableDiffusion {
             &dir.join("scheduler").join("scheduler_config.json"),
         )?)?;
         builder.build()
+    }
+
+    /// Loads TAESD (a diffusers `AutoencoderTiny` folder: config.json + weights) for previews.
+    pub fn load_preview_decoder(&mut self, dir: &Path) -> Result<(), PipelineError> {
+        let config_path = dir.join("config.json");
+        let text = read_text(&config_path)?;
+        let config = AutoencoderTinyConfig::from_reader(ConfigReader::parse(
+            &text,
+            &config_path.display().to_string(),
+        )?)?;
+        let mut store = TensorStore::new(&self.device, DType::F32, dir.display().to_string());
+        let weights = find_component_file(dir, "diffusion_pytorch_model", false)?;
+        // Previews need the decoder only.
+        store.load_safetensors_file(&weights, &|n| {
+            (!n.starts_with("encoder.")).then(|| n.to_string())
+        })?;
+        self.preview_decoder = Some(AutoencoderTiny::load(&store.root(), config)?);
+        Ok(())
     }
 
     pub fn vae_scale_factor(&self) -> usize {
@@ -630,11 +655,13 @@ impl StableDiffusion {
                 total: timesteps.len() - first_step,
                 ms,
             });
-            progress(Progress::Latents {
+            let (rgb, width, height) = self.preview(&latents, shape).await?;
+            progress(Progress::Preview {
                 index: i + 1 - first_step,
                 total: timesteps.len() - first_step,
-                latents: latents.clone(),
-                shape,
+                rgb,
+                width,
+                height,
             });
         }
 
@@ -690,6 +717,23 @@ impl StableDiffusion {
             .zip(&noise)
             .map(|((m, lv), e)| (m + (0.5 * lv).exp() * e - shift) * scale)
             .collect())
+    }
+
+    /// A preview of `latents` as (RGB8, width, height), see [`Progress::Preview`].
+    pub async fn preview(
+        &self,
+        latents: &[f32],
+        shape: [usize; 4],
+    ) -> Result<(Vec<u8>, usize, usize), PipelineError> {
+        let Some(taesd) = &self.preview_decoder else {
+            return Ok(crate::preview::latents_to_rgb(latents, shape));
+        };
+        let z = Tensor::<4>::from_data(TensorData::new(latents.to_vec(), shape), &self.device);
+        let image = taesd.decode_preview(z);
+        let [_, c, h, w] = image.dims();
+        let values = read_back(image.reshape([c, h, w]).permute([1, 2, 0])).await?;
+        let rgb = values.iter().map(|v| (v * 255.0).round() as u8).collect();
+        Ok((rgb, w, h))
     }
 
     /// Latents → RGB8 exactly like diffusers' postprocess: `round(clamp(x/2 + 0.5, 0, 1) * 255)` (numpy rounds half to even).

@@ -16,7 +16,6 @@ use crate::pipeline::{
     Progress, StableDiffusion,
 };
 use crate::png_meta::{GenerationParams, encode_png};
-use crate::preview::latents_to_rgb;
 use crate::schedulers::SchedulerKind;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::stream::SafetensorsStream;
@@ -255,7 +254,8 @@ impl Generator {
     }
 
     /// `request_json`: {prompt, negativePrompt, steps, guidance, scheduler?, width, height, seed,
-    /// strength?}; `init_rgba`: img2img pixels at width × height (RGBA8), or undefined.
+    /// strength?}; `init_rgba`: img2img pixels at width × height (RGBA8), or undefined;
+    /// `mask_rgba`: inpainting mask at the same size (white = repaint), or undefined.
     /// `on_progress(json, pixels?)` gets JSON strings (`{"type":"step","step":3,"steps":20}`);
     /// `preview` events come with RGBA8 pixels at latent resolution.
     /// Resolves to {png: Uint8Array, width, height, seed, parameters, timings (JSON)}.
@@ -263,15 +263,23 @@ impl Generator {
         &self,
         request_json: String,
         init_rgba: Option<Vec<u8>>,
+        mask_rgba: Option<Vec<u8>>,
         on_progress: js_sys::Function,
     ) -> js_sys::Promise {
         let sd = self.sd.clone();
         let cancel = self.cancel.clone();
         cancel.set(false);
         wasm_bindgen_futures::future_to_promise(async move {
-            run_generate(&sd, &request_json, init_rgba, &on_progress, &cancel)
-                .await
-                .map_err(JsValue::from)
+            run_generate(
+                &sd,
+                &request_json,
+                init_rgba,
+                mask_rgba,
+                &on_progress,
+                &cancel,
+            )
+            .await
+            .map_err(JsValue::from)
         })
     }
 }
@@ -280,6 +288,7 @@ async fn run_generate(
     sd: &StableDiffusion,
     request_json: &str,
     init_rgba: Option<Vec<u8>>,
+    mask_rgba: Option<Vec<u8>>,
     on_progress: &js_sys::Function,
     cancel: &Cell<bool>,
 ) -> Result<JsValue, JsError> {
@@ -315,9 +324,20 @@ async fn run_generate(
                     .chunks_exact(4)
                     .flat_map(|px| [px[0], px[1], px[2]])
                     .collect(),
-                strength: req.strength.unwrap_or(0.8),
-                mask: None,
+                // diffusers' defaults: 0.8 for img2img, 1.0 for inpainting.
+                strength: req
+                    .strength
+                    .unwrap_or(if mask_rgba.is_some() { 1.0 } else { 0.8 }),
+                mask: mask_rgba.as_deref().map(|m| {
+                    let rgb: Vec<u8> = m.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+                    crate::image_io::to_gray(&rgb)
+                }),
             }),
+            None if mask_rgba.is_some() => {
+                return Err(JsError::new(
+                    "a mask needs an init image (initImage) to inpaint",
+                ));
+            }
             None => None,
         },
     };
@@ -339,13 +359,13 @@ async fn run_generate(
         Progress::Step { index, total, ms } => emit(serde_json::json!({
             "type": "step", "step": index, "steps": total, "ms": ms,
         })),
-        Progress::Latents {
+        Progress::Preview {
             index,
             total,
-            latents,
-            shape,
+            rgb,
+            width: w,
+            height: h,
         } => {
-            let (rgb, w, h) = latents_to_rgb(&latents, shape);
             let rgba: Vec<u8> = rgb
                 .chunks_exact(3)
                 .flat_map(|px| [px[0], px[1], px[2], 255])

@@ -711,6 +711,7 @@ fn folder_rounded_to_f16(model: &str) -> StableDiffusion {
         scheduler_config: b.scheduler,
         device: d,
         dtype: DType::F32,
+        preview_decoder: None,
     }
 }
 

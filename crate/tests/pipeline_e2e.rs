@@ -283,3 +283,66 @@ fn inpainting_matches_diffusers_for_both_unet_kinds() {
         "{err}"
     );
 }
+
+/// Previews: one per step; with TAESD loaded they are its decode of that step's latents at
+/// image size (TAESD itself is checked against diffusers in tests/taesd.rs), else the latent
+/// projection at latent size.
+#[test]
+fn a_preview_after_every_step_from_taesd_or_the_latent_projection() {
+    let case = e2e_cases()
+        .into_iter()
+        .find(|c| c.name == "sd2-euler-cfg")
+        .unwrap();
+    let mut model = load("sd2_tiny", DType::F32);
+    let req = request(&case, true);
+    let collect = |model: &StableDiffusion| {
+        let mut previews = Vec::new();
+        let denoised = pollster::block_on(model.denoise(
+            &req,
+            &StdClock::default(),
+            &mut |p| {
+                if let sdweb::pipeline::Progress::Preview {
+                    index,
+                    total,
+                    rgb,
+                    width,
+                    height,
+                } = p
+                {
+                    previews.push((index, total, rgb, width, height));
+                }
+            },
+            &|| false,
+        ))
+        .unwrap();
+        (previews, denoised)
+    };
+    let (cheap, denoised) = collect(&model);
+    let f = model.vae_scale_factor();
+    assert_eq!(cheap.len(), case.steps);
+    assert!(
+        cheap
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.0 == i + 1 && p.1 == case.steps)
+    );
+    let last = cheap.last().unwrap();
+    assert_eq!((last.3, last.4), (case.width / f, case.height / f));
+    let (want, ..) = sdweb::preview::latents_to_rgb(&denoised.latents, denoised.shape);
+    assert_eq!(last.2, want);
+
+    model
+        .load_preview_decoder(&fixtures().join("taesd_tiny"))
+        .unwrap();
+    let (taesd, denoised) = collect(&model);
+    assert_eq!(taesd.len(), case.steps);
+    let last = taesd.last().unwrap();
+    assert_eq!(
+        (last.3, last.4),
+        (case.width, case.height),
+        "TAESD previews are image-sized"
+    );
+    let (want, ..) = pollster::block_on(model.preview(&denoised.latents, denoised.shape)).unwrap();
+    assert_eq!(last.2, want);
+    assert!(last.2.iter().any(|&v| v != last.2[0]), "a flat preview");
+}
