@@ -175,13 +175,23 @@ pub enum Component {
     TextEncoder,
     Unet,
     Vae,
+    /// Optional TAESD for previews (its own repository, e.g. madebyollin/taesd).
+    PreviewDecoder,
 }
 
 impl Component {
+    /// What every pipeline folder has.
     pub const ALL: [Component; 3] = [Component::TextEncoder, Component::Unet, Component::Vae];
 
     pub fn from_folder(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.folder() == name)
+        [
+            Self::TextEncoder,
+            Self::Unet,
+            Self::Vae,
+            Self::PreviewDecoder,
+        ]
+        .into_iter()
+        .find(|c| c.folder() == name)
     }
 
     pub fn folder(self) -> &'static str {
@@ -189,6 +199,7 @@ impl Component {
             Self::TextEncoder => "text_encoder",
             Self::Unet => "unet",
             Self::Vae => "vae",
+            Self::PreviewDecoder => "taesd",
         }
     }
 
@@ -196,7 +207,7 @@ impl Component {
     pub fn weights_stem(self) -> &'static str {
         match self {
             Self::TextEncoder => "model",
-            Self::Unet | Self::Vae => "diffusion_pytorch_model",
+            Self::Unet | Self::Vae | Self::PreviewDecoder => "diffusion_pytorch_model",
         }
     }
 }
@@ -205,6 +216,7 @@ enum ComponentConfig {
     TextEncoder(ClipTextConfig),
     Unet(UNet2DConditionConfig),
     Vae(AutoencoderKLConfig),
+    PreviewDecoder(AutoencoderTinyConfig),
 }
 
 /// One component whose config is parsed and whose weights are being received.
@@ -224,6 +236,7 @@ pub struct PipelineBuilder {
     text_encoder: Option<ClipTextModel>,
     unet: Option<UNet2DConditionModel>,
     vae: Option<AutoencoderKL>,
+    preview_decoder: Option<AutoencoderTiny>,
     scheduler_config: Option<SchedulerConfig>,
 }
 
@@ -237,6 +250,7 @@ impl PipelineBuilder {
             text_encoder: None,
             unet: None,
             vae: None,
+            preview_decoder: None,
             scheduler_config: None,
         }
     }
@@ -277,6 +291,10 @@ impl PipelineBuilder {
                 };
                 (ComponentConfig::Vae(config), dtype)
             }
+            Component::PreviewDecoder => (
+                ComponentConfig::PreviewDecoder(AutoencoderTinyConfig::from_reader(reader)?),
+                DType::F32,
+            ),
         };
         let store = TensorStore::new(&self.device, dtype, source.to_string());
         Ok(ComponentLoad { config, store })
@@ -291,6 +309,9 @@ impl PipelineBuilder {
             }
             ComponentConfig::Unet(c) => self.unet = Some(UNet2DConditionModel::load(&root, c)?),
             ComponentConfig::Vae(c) => self.vae = Some(AutoencoderKL::load(&root, c, true)?),
+            ComponentConfig::PreviewDecoder(c) => {
+                self.preview_decoder = Some(AutoencoderTiny::load(&root, c)?)
+            }
         }
         Ok(())
     }
@@ -315,7 +336,7 @@ impl PipelineBuilder {
             scheduler_config,
             device: self.device,
             dtype: self.dtype,
-            preview_decoder: None,
+            preview_decoder: self.preview_decoder,
         })
     }
 }

@@ -133,7 +133,7 @@ impl ModelLoader {
         self.builder()?.set_scheduler_config(json).map_err(js_error)
     }
 
-    /// Starts a component (`text_encoder`, `unet`, `vae`): its config.json text, then the
+    /// Starts a component (`text_encoder`, `unet`, `vae`, or `taesd` for previews): its config.json text, then the
     /// weights file's name (for errors) and byte size.
     pub fn begin_weights(
         &mut self,
@@ -149,7 +149,15 @@ impl ModelLoader {
             .builder()?
             .begin_component(kind, config_json, &config_source)
             .map_err(js_error)?;
-        let stream = SafetensorsStream::new(file, size as u64, Box::new(|n| Some(n.to_string())));
+        // TAESD previews need its decoder only.
+        let skip_encoder = kind == Component::PreviewDecoder;
+        let stream = SafetensorsStream::new(
+            file,
+            size as u64,
+            Box::new(move |n| {
+                (!(skip_encoder && n.starts_with("encoder."))).then(|| n.to_string())
+            }),
+        );
         self.in_flight = Some(WeightsInFlight { load, stream });
         Ok(())
     }
