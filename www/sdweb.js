@@ -65,9 +65,10 @@ function revisionOf(model) {
 
 /**
  * Loads a model in a new worker. Options: model (base URL), onProgress(event),
- * precision ('auto' | 'f32' | 'f16'), revision (cache key; default from the URL or 'main').
+ * precision ('auto' | 'f32' | 'f16'), revision (cache key; default from the URL or 'main'),
+ * taesd (base URL of a TAESD repository, e.g. madebyollin/taesd: image-sized step previews).
  */
-export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', revision } = {}) {
+export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', revision, taesd } = {}) {
   if (!model) throw new Error('createGenerator: `model` (the base URL of a diffusers repository) is required');
   const gpu = await checkWebGPU();
   if (!gpu.ok) throw new Error(gpu.reason);
@@ -83,7 +84,14 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
     const call = pending.get(data.id);
     if (!call) return;
     if (data.type === 'progress') {
-      try { call.onProgress(data.event); } catch (e) { console.error('onProgress threw', e); }
+      const event = data.event;
+      if (event.type === 'preview' && event.pixels) {
+        // A drawable image (drawImage accepts it) made synchronously, so events stay in order.
+        const canvas = new OffscreenCanvas(event.width, event.height);
+        canvas.getContext('2d').putImageData(new ImageData(event.pixels, event.width, event.height), 0, 0);
+        event.bitmap = canvas;
+      }
+      try { call.onProgress(event); } catch (e) { console.error('onProgress threw', e); }
     } else {
       pending.delete(data.id);
       if (data.type === 'result') call.resolve(data.value);
@@ -97,16 +105,17 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
     for (const call of pending.values()) call.reject(failure);
     pending.clear();
   };
-  const call = (message, progress = onProgress) => new Promise((resolve, reject) => {
+  const call = (message, progress = onProgress, transfer = []) => new Promise((resolve, reject) => {
     if (failure) { reject(failure); return; }
     const id = nextId++;
     pending.set(id, { resolve, reject, onProgress: progress });
-    worker.postMessage({ id, ...message });
+    worker.postMessage({ id, ...message }, transfer);
   });
 
   let info;
   try {
-    info = await call({ op: 'load', model: base, revision: revision ?? revisionOf(base), precision });
+    const taesdUrl = taesd ? new URL(String(taesd).replace(/\/+$/, ''), globalThis.document?.baseURI ?? globalThis.location?.href).href : undefined;
+    info = await call({ op: 'load', model: base, revision: revision ?? revisionOf(base), precision, taesd: taesdUrl });
   } catch (e) {
     worker.terminate();
     throw e;
@@ -117,17 +126,28 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
   return {
     info,
     async generate({ prompt = '', negativePrompt = '', steps = info.steps, guidance = info.guidance, scheduler,
-      width = info.width, height = info.height, seed, signal, onProgress: perCall } = {}) {
+      width, height, seed, signal, initImage, strength, mask, onProgress: perCall } = {}) {
       if (busy) throw new Error('a generation is already running on this generator');
       if (signal?.aborted) throw Object.assign(new Error('generation cancelled'), { name: 'AbortError' });
       seed ??= Math.floor(Math.random() * 2 ** 32);
+      // img2img: any image source (Blob, <img>, canvas, ImageData, ImageBitmap); its own size,
+      // rounded down to the size multiple, unless width/height are given.
+      const bitmap = initImage ? await createImageBitmap(initImage) : undefined;
+      const fit = (v) => Math.max(1, Math.floor(v / info.sizeMultiple)) * info.sizeMultiple;
+      width ??= bitmap ? fit(bitmap.width) : info.width;
+      height ??= bitmap ? fit(bitmap.height) : info.height;
       const request = { prompt, negativePrompt, steps: Number(steps), guidance: Number(guidance), width: Number(width), height: Number(height), seed: Number(seed) };
       if (scheduler) request.scheduler = scheduler;
+      if (mask && !bitmap) throw new Error('a mask needs an initImage to inpaint');
+      // Inpainting: white = repaint; resized to the generation size in the worker.
+      const maskBitmap = mask ? await createImageBitmap(mask) : undefined;
+      if (strength !== undefined) request.strength = Number(strength);
       const abort = () => worker.postMessage({ op: 'cancel' });
       signal?.addEventListener('abort', abort, { once: true });
       busy = true;
       try {
-        const out = await call({ op: 'generate', request }, perCall ?? onProgress);
+        const out = await call({ op: 'generate', request, initImage: bitmap, mask: maskBitmap }, perCall ?? onProgress,
+          [bitmap, maskBitmap].filter(Boolean));
         return { ...out, png: new Blob([out.png], { type: 'image/png' }) };
       } finally {
         busy = false;

@@ -60,7 +60,7 @@ self.onmessage = async ({ data }) => {
     if (op === 'load') {
       self.postMessage({ id, type: 'result', value: await load(data, progress) });
     } else if (op === 'generate') {
-      const value = await generate(data.request, progress);
+      const value = await generate({ ...data.request, initImage: data.initImage, mask: data.mask }, progress);
       self.postMessage({ id, type: 'result', value }, [value.png.buffer]);
     } else if (op === 'dispose') {
       generator?.free();
@@ -81,7 +81,7 @@ function describe(e) {
   return { name, message: message.replace(/^AbortError: /, ''), code: e?.code, url: e?.url, status: e?.status, needed: e?.needed, available: e?.available };
 }
 
-async function load({ model, revision, precision }, progress) {
+async function load({ model, revision, precision, taesd }, progress) {
   if (generator) { generator.free(); generator = null; }
   const cache = await ModelCache.open();
   const base = model.replace(/\/+$/, '');
@@ -148,6 +148,20 @@ async function load({ model, revision, precision }, progress) {
   }
   await fetchFile('scheduler/scheduler_config.json');
 
+  // Optional TAESD (a separate repository) for image-sized previews after each step.
+  let preview = null;
+  if (taesd) {
+    const tBase = taesd.replace(/\/+$/, '');
+    const tUrl = (path) => `${tBase}/${path}`;
+    const tFetch = async (path) => (await cache.info(tUrl(path), revision)) ?? cache.ensure(tUrl(path), {
+      model: tBase, revision,
+      onProgress: (loaded, total) => progress({ type: 'download', file: `taesd/${path}`, loaded, total }),
+    });
+    await tFetch('config.json');
+    const weightsEntry = await tFetch('diffusion_pytorch_model.safetensors');
+    preview = { config: await cache.text(tUrl('config.json'), revision), url: tUrl('diffusion_pytorch_model.safetensors'), size: weightsEntry.size };
+  }
+
   const loader = await ModelLoader.create(base.split('/').filter(Boolean).pop() ?? base, precision ?? 'auto');
   try {
     const bytes = async (path) => (path ? cache.bytes(url(path), revision) : undefined);
@@ -176,6 +190,12 @@ async function load({ model, revision, precision }, progress) {
         throw e;
       }
     }
+    if (preview) {
+      progress({ type: 'load', file: 'taesd/diffusion_pytorch_model.safetensors', index: fileIndex, count: COMPONENTS.length + 1, loaded: 0, total: preview.size });
+      loader.begin_weights('taesd', preview.config, 'taesd/diffusion_pytorch_model.safetensors', preview.size);
+      for await (const chunk of cache.chunks(preview.url, revision)) loader.push_weights(chunk);
+      loader.end_weights();
+    }
     generator = loader.build();
   } finally {
     loader.free();
@@ -186,19 +206,33 @@ async function load({ model, revision, precision }, progress) {
   return info;
 }
 
-async function generate(request, progress) {
+// img2img: the init image (an ImageBitmap from the page) as RGBA8 at the generation size.
+function initPixels(bitmap, width, height) {
+  if (!bitmap) return undefined;
+  const canvas = new OffscreenCanvas(width, height);
+  const ctx = canvas.getContext('2d');
+  ctx.imageSmoothingQuality = 'high';
+  ctx.drawImage(bitmap, 0, 0, width, height);
+  bitmap.close();
+  return new Uint8Array(ctx.getImageData(0, 0, width, height).data.buffer);
+}
+
+async function generate({ initImage, mask, ...request }, progress) {
   if (!generator) throw new Error('no model is loaded');
   if (!compiled) progress({ type: 'compile' });
-  const onEvent = (json) => {
+  const onEvent = (json, pixels) => {
     const event = JSON.parse(json);
-    if (event.type === 'step') {
-      progress(event);
+    if (event.type === 'preview') {
+      progress({ ...event, pixels: new Uint8ClampedArray(pixels.buffer, pixels.byteOffset, pixels.byteLength) });
       if (event.step === event.steps) progress({ type: 'decode' });
+    } else if (event.type === 'step') {
+      progress(event);
     } else if (event.type === 'tokenized' && event.truncated) {
       progress({ type: 'warning', message: `The prompt has ${event.tokens} tokens and was cut to ${event.maxTokens} (CLIP's limit).` });
     }
   };
-  const out = await generator.generate(JSON.stringify(request), onEvent);
+  const out = await generator.generate(JSON.stringify(request), initPixels(initImage, request.width, request.height),
+    initPixels(mask, request.width, request.height), onEvent);
   compiled = true;
   progress({ type: 'done' });
   return {
