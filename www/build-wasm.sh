@@ -14,5 +14,5 @@ rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
 cargo rustc --target wasm32-unknown-unknown -p sdweb --lib --crate-type cdylib --profile "$profile"
 dir="$profile"; [ "$profile" = dev ] && dir=debug
 wasm-bindgen --target web --no-typescript --out-dir www/pkg \
-  "target/wasm32-unknown-unknown/$dir/sdweb.wasm"
+  "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/$dir/sdweb.wasm"
 ls -l www/pkg >&2
