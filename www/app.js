@@ -174,7 +174,9 @@ function loadModel(m) {
     }
   };
 
-  const p = createGenerator({ model: m.url, onProgress }).then((g) => {
+  // ?taesd=URL adds TAESD (image-sized step previews), e.g. ?taesd=https://huggingface.co/madebyollin/taesd/resolve/main
+  const taesd = new URLSearchParams(location.search).get('taesd') || undefined;
+  const p = createGenerator({ model: m.url, onProgress, taesd }).then((g) => {
     if (token !== loadToken) { g.dispose(); throw new Error('superseded by another model'); }
     gen = app.generator = g;
     applyInfo(g.info);
@@ -246,6 +248,7 @@ function onGenerateProgress(ev) {
 let target = null;   // {width, height} of the image being generated, for the preview's size
 function drawPreview(bitmap) {
   const c = el.preview;
+  app.lastPreview = { width: bitmap.width, height: bitmap.height };
   // The preview is at latent resolution; draw it at the final image's size (smoothly) so it
   // fills the same space as the finished image will.
   const fits = target && target.width * bitmap.height === target.height * bitmap.width;

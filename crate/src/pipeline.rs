@@ -408,12 +408,7 @@ impl StableDiffusion {
     /// models want 4 steps at guidance 1, trailing-timestep (SD-Turbo-style) models 1 step
     /// without guidance, everything else diffusers' 20 steps at 7.5 (our CLI default is 20).
     pub fn recommended_steps_guidance(&self) -> (usize, f64) {
-        let trailing = self.scheduler_config.timestep_spacing.as_deref() == Some("trailing");
-        match self.scheduler_config.kind() {
-            Ok(SchedulerKind::Lcm) => (4, 1.0),
-            _ if trailing => (1, 0.0),
-            _ => (20, 7.5),
-        }
+        recommended_steps_guidance(&self.scheduler_config)
     }
 
     /// Checks width/height: multiples of the VAE factor, naming the nearest valid size.
@@ -784,6 +779,16 @@ impl StableDiffusion {
     }
 }
 
+/// See [`StableDiffusion::recommended_steps_guidance`].
+pub fn recommended_steps_guidance(config: &SchedulerConfig) -> (usize, f64) {
+    let trailing = config.timestep_spacing.as_deref() == Some("trailing");
+    match config.kind() {
+        Ok(SchedulerKind::Lcm) => (4, 1.0),
+        _ if trailing => (1, 0.0),
+        _ => (20, 7.5),
+    }
+}
+
 /// What inpainting carries through the denoising loop.
 struct Inpainting {
     /// The mask at latent resolution, 1 = repaint.
@@ -850,4 +855,30 @@ pub async fn read_back<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, Pipelin
         .map_err(|e| PipelineError::Execution(format!("{e:?}")))?;
     data.try_into_vec::<f32>()
         .map_err(|e| PipelineError::Execution(format!("{e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults(json: &str) -> (usize, f64) {
+        recommended_steps_guidance(&SchedulerConfig::from_json(json).unwrap())
+    }
+
+    #[test]
+    fn few_step_defaults_come_from_the_scheduler_config() {
+        // stabilityai/sd-turbo's scheduler_config.json (abridged): Euler, trailing timesteps.
+        let turbo = r#"{"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "num_train_timesteps": 1000, "prediction_type": "epsilon",
+            "steps_offset": 1, "timestep_spacing": "trailing"}"#;
+        assert_eq!(defaults(turbo), (1, 0.0));
+        // An LCM-distilled model ships LCMScheduler.
+        let lcm = r#"{"_class_name": "LCMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "num_train_timesteps": 1000, "original_inference_steps": 50}"#;
+        assert_eq!(defaults(lcm), (4, 1.0));
+        // SD 1.5: PNDM, leading.
+        let sd15 = r#"{"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "num_train_timesteps": 1000, "skip_prk_steps": true, "steps_offset": 1}"#;
+        assert_eq!(defaults(sd15), (20, 7.5));
+    }
 }

@@ -121,8 +121,9 @@ fn bad_sizes_name_the_nearest_valid_size() {
     );
 }
 
+/// An img2img or inpainting reference case (tests/fixtures/reference/{img2img,inpaint}/).
 #[derive(serde::Deserialize)]
-struct Img2ImgCase {
+struct ImageCase {
     name: String,
     model: String,
     prompt: String,
@@ -135,24 +136,26 @@ struct Img2ImgCase {
     seed: u64,
     strength: f64,
     init_image: String,
+    #[serde(default)]
+    mask: Option<String>,
     png: String,
 }
 
-/// img2img against StableDiffusionImg2ImgPipeline: VAE posterior sample, strength's timestep
-/// truncation and add_noise, every random draw from our generator in diffusers' order.
-#[test]
-fn img2img_matches_diffusers() {
-    let dir = reference_dir().join("img2img");
-    let cases: Vec<Img2ImgCase> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
-    assert!(cases.len() >= 4);
-    for model_name in ["sd1_tiny", "sd2_tiny"] {
+fn image_cases(folder: &str) -> (std::path::PathBuf, Vec<ImageCase>) {
+    let dir = reference_dir().join(folder);
+    let text = std::fs::read_to_string(dir.join("cases.json")).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+/// Runs every case of `models` and compares with diffusers' image.
+fn check_image_cases(dir: &std::path::Path, cases: &[ImageCase], models: &[&str]) {
+    let read = |name: &str| {
+        sdweb::image_io::decode_png_rgb(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+    };
+    for model_name in models {
         let model = load(model_name, DType::F32);
-        for case in cases.iter().filter(|c| c.model == model_name) {
-            let image = sdweb::image_io::decode_png_rgb(
-                &std::fs::read(dir.join(&case.init_image)).unwrap(),
-            )
-            .unwrap();
+        for case in cases.iter().filter(|c| c.model == *model_name) {
+            let image = read(&case.init_image);
             assert_eq!((image.width, image.height), (case.width, case.height));
             let req = GenerateRequest {
                 prompt: case.prompt.clone(),
@@ -167,13 +170,25 @@ fn img2img_matches_diffusers() {
                 init_image: Some(sdweb::pipeline::InitImage {
                     rgb: image.rgb,
                     strength: case.strength,
-                    mask: None,
+                    mask: case
+                        .mask
+                        .as_ref()
+                        .map(|m| sdweb::image_io::to_gray(&read(m).rgb)),
                 }),
             };
             let (want, ..) = decode_rgb(&std::fs::read(dir.join(&case.png)).unwrap());
             assert_image_close(&case.name, &run(&model, &req), &want);
         }
     }
+}
+
+/// img2img against StableDiffusionImg2ImgPipeline: VAE posterior sample, strength's timestep
+/// truncation and add_noise, every random draw from our generator in diffusers' order.
+#[test]
+fn img2img_matches_diffusers() {
+    let (dir, cases) = image_cases("img2img");
+    assert!(cases.len() >= 4);
+    check_image_cases(&dir, &cases, &["sd1_tiny", "sd2_tiny"]);
 }
 
 #[test]
@@ -204,61 +219,17 @@ fn img2img_strength_that_runs_no_step_is_an_error() {
     assert_eq!(ok.first_step(4).unwrap(), 1);
 }
 
-#[derive(serde::Deserialize)]
-struct InpaintCase {
-    name: String,
-    model: String,
-    prompt: String,
-    negative_prompt: String,
-    steps: usize,
-    guidance: f64,
-    scheduler: String,
-    width: usize,
-    height: usize,
-    seed: u64,
-    strength: f64,
-    init_image: String,
-    mask: String,
-    png: String,
-}
-
 /// Inpainting against StableDiffusionInpaintPipeline: latent-mask blending for an ordinary
 /// (4-channel) UNet and mask + masked-image channels for a 9-channel inpainting UNet.
 #[test]
 fn inpainting_matches_diffusers_for_both_unet_kinds() {
-    let dir = reference_dir().join("inpaint");
-    let cases: Vec<InpaintCase> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let (dir, cases) = image_cases("inpaint");
+    assert!(cases.iter().all(|c| c.mask.is_some()));
     assert!(
         cases.iter().any(|c| c.model == "sd1_tiny")
             && cases.iter().any(|c| c.model == "sd1_tiny_inpaint")
     );
-    let read = |name: &str| {
-        sdweb::image_io::decode_png_rgb(&std::fs::read(dir.join(name)).unwrap()).unwrap()
-    };
-    for model_name in ["sd1_tiny", "sd1_tiny_inpaint"] {
-        let model = load(model_name, DType::F32);
-        for case in cases.iter().filter(|c| c.model == model_name) {
-            let req = GenerateRequest {
-                prompt: case.prompt.clone(),
-                negative_prompt: case.negative_prompt.clone(),
-                steps: case.steps,
-                guidance: case.guidance,
-                scheduler: Some(SchedulerKind::from_name(&case.scheduler).unwrap()),
-                width: case.width,
-                height: case.height,
-                seed: case.seed,
-                init_noise: None,
-                init_image: Some(sdweb::pipeline::InitImage {
-                    rgb: read(&case.init_image).rgb,
-                    strength: case.strength,
-                    mask: Some(sdweb::image_io::to_gray(&read(&case.mask).rgb)),
-                }),
-            };
-            let (want, ..) = decode_rgb(&std::fs::read(dir.join(&case.png)).unwrap());
-            assert_image_close(&case.name, &run(&model, &req), &want);
-        }
-    }
+    check_image_cases(&dir, &cases, &["sd1_tiny", "sd1_tiny_inpaint"]);
     // The 9-channel model refuses to run without a mask.
     let model = load("sd1_tiny_inpaint", DType::F32);
     let case = &cases[0];

@@ -42,7 +42,7 @@ before(async () => {
     const file = path.join(dir, 'vae/diffusion_pytorch_model.safetensors');
     truncateSync(file, Math.floor(readFileSync(file).length / 2));
   });
-  server = await startServer({ port: 0, testHooks: true, mounts: { '/bad/truncated': truncated } });
+  server = await startServer({ port: 0, testHooks: true, mounts: { '/bad/truncated': truncated, '/taesd': path.join(ROOT, 'tests/fixtures/taesd_tiny') } });
   browser = await launch();
   context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   page = await context.newPage();
@@ -251,13 +251,15 @@ test('inpainting through the JS API matches diffusers, and through the page with
   await page.click('#init-clear');
 });
 
-test('a second page load takes every weight from IndexedDB', { timeout: 5 * MINUTES }, async () => {
+test('a second page load takes every weight from IndexedDB (and adds TAESD for previews)', { timeout: 5 * MINUTES }, async () => {
   await clearRequests();
-  await page.reload();
+  // ?taesd= makes the app load TAESD too (fetched now, cached for the offline test below).
+  await page.goto(`${server.url}?taesd=/taesd`);
   await page.evaluate(() => window.sdwebApp.ready);
-  const modelRequests = (await requests()).filter((r) => r.path.startsWith('/models/'));
-  const weightRequests = modelRequests.filter((r) => r.path.endsWith('.safetensors'));
+  const log = await requests();
+  const weightRequests = log.filter((r) => r.path.startsWith('/models/') && r.path.endsWith('.safetensors'));
   assert.deepEqual(weightRequests, [], 'weights were requested again');
+  assert.ok(log.some((r) => r.path === '/taesd/diffusion_pytorch_model.safetensors'), 'TAESD was not fetched');
   const cached = await page.evaluate(async () => (await import('/sdweb.js')).listCachedModels());
   const demo = cached.find((c) => c.model.endsWith('/models/demo'));
   assert.ok(demo && demo.bytes > 15e6, `demo model not listed in the cache: ${JSON.stringify(cached)}`);
@@ -309,8 +311,11 @@ test('the page still generates with the server stopped (service worker shell, In
   await page.fill('#steps', '1');
   await page.click('#generate');
   await page.waitForFunction(() => window.sdwebApp.lastResult?.parameters?.startsWith('offline'), null, { timeout: 12 * MINUTES, polling: 1000 });
-  const size = await page.evaluate(() => window.sdwebApp.lastResult.png.size);
+  const { size, preview, width } = await page.evaluate(() => ({
+    size: window.sdwebApp.lastResult.png.size, preview: window.sdwebApp.lastPreview, width: window.sdwebApp.lastResult.width }));
   assert.ok(size > 100);
+  // TAESD (loaded from the cache) decodes ×8 from latents; the latent projection would be width/4.
+  assert.equal(preview?.width, (width / 4) * 8, `preview ${JSON.stringify(preview)} is not TAESD's`);
 });
 
 test('the widget generates on a third-party page (another origin) without CSS leaking', { timeout: 15 * MINUTES }, async () => {

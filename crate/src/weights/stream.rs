@@ -4,6 +4,9 @@
 use super::safetensors::{SafetensorsHeader, TensorEntry};
 use super::{PendingTensor, TensorStore, WeightError};
 
+/// Maps a file's tensor name to ours; None skips the tensor.
+pub type Rename<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
 /// Parses the header, then routes each byte range to its tensor in file order.
 pub struct SafetensorsStream<'a> {
     file: String,
@@ -17,18 +20,14 @@ pub struct SafetensorsStream<'a> {
     data_start: u64,
     next: usize,
     current: Option<PendingTensor>,
-    rename: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    rename: Rename<'a>,
     header_done: bool,
 }
 
 impl<'a> SafetensorsStream<'a> {
     /// `file_size` is the size the file is known to have (from the cache or Content-Length);
     /// `rename` maps file names to ours, None skips a tensor.
-    pub fn new(
-        file: impl Into<String>,
-        file_size: u64,
-        rename: Box<dyn Fn(&str) -> Option<String> + 'a>,
-    ) -> Self {
+    pub fn new(file: impl Into<String>, file_size: u64, rename: Rename<'a>) -> Self {
         Self {
             file: file.into(),
             file_size,
