@@ -110,7 +110,7 @@ test('the page generates with the bundled model; the image matches the native CL
   });
 
   const nativePath = path.join(scratch, 'native.png');
-  const bin = process.env.SDWEB_BIN ?? path.join(ROOT, 'target/debug/sdweb');
+  const bin = process.env.SDWEB_BIN ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(ROOT, 'target'), 'debug/sdweb');
   if (!existsSync(bin)) execFileSync('cargo', ['build', '-p', 'sdweb', '--bin', 'sdweb'], { cwd: ROOT, stdio: 'inherit' });
   execFileSync(bin, ['generate', '--model', FIXTURE, '--prompt', PARAMS.prompt, '--negative-prompt', PARAMS.negativePrompt,
     '--steps', String(PARAMS.steps), '--guidance', String(PARAMS.guidance), '--scheduler', PARAMS.scheduler,

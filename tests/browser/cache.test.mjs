@@ -1,5 +1,5 @@
 // www/cache.js and www/sha256.js in headless Chromium against www/server.mjs with fault injection.
-// Run: cd tests/browser && npm ci && node --test
+// Run: cd tests/browser && npm ci && node --test cache.test.mjs
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
