@@ -241,9 +241,10 @@ test('inpainting through the JS API matches diffusers, and through the page with
   await page.mouse.down();
   await page.mouse.move(box.x + box.width * 0.7, box.y + box.height * 0.5, { steps: 10 });
   await page.mouse.up();
-  const before = await page.evaluate(() => window.sdwebApp.lastResult);
+  // page.evaluate returns copies, so count gallery items to see the new result arrive.
+  const before = await page.locator('#gallery li').count();
   await page.click('#generate');
-  await page.waitForFunction((prev) => window.sdwebApp.lastResult && window.sdwebApp.lastResult !== prev, before, { timeout: 8 * MINUTES, polling: 1000 });
+  await page.waitForFunction((n) => document.querySelectorAll('#gallery li').length > n, before, { timeout: 8 * MINUTES, polling: 1000 });
   await page.screenshot({ path: path.join(SHOTS, 'page-inpaint.png'), fullPage: true });
   const ui = await page.evaluate(() => ({ parameters: window.sdwebApp.lastResult.parameters, badge: document.querySelector('#gallery li:first-child .badge')?.textContent }));
   assert.match(ui.parameters, /^a red bicycle\n[^]*Denoising strength: 1/);
