@@ -26,7 +26,7 @@ use crate::weights::ldm_keys::{
     UNET_PREFIX, VAE_PREFIX, ldm_to_diffusers,
 };
 use crate::weights::safetensors::SafetensorsHeader;
-use crate::weights::{TensorStore, WeightError, to_f32};
+use crate::weights::{QuantPolicy, QuantType, TensorStore, WeightError, to_f32};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointFormat {
@@ -96,21 +96,23 @@ pub fn load_single_file(
     device: &Device,
     dtype: DType,
 ) -> Result<StableDiffusion, PipelineError> {
-    load_single_file_with_report(path, base, device, dtype).map(|(model, _)| model)
+    load_single_file_with_report(path, base, device, dtype, None).map(|(model, _)| model)
 }
 
-/// [`load_single_file`], also returning what was used and ignored.
+/// [`load_single_file`], also returning what was used and ignored; `quantization` quantises
+/// float weights on load (GGUF q8_0/q4_0 weights stay quantised either way).
 pub fn load_single_file_with_report(
     path: &Path,
     base: &Path,
     device: &Device,
     dtype: DType,
+    quantization: Option<&QuantPolicy>,
 ) -> Result<(StableDiffusion, SingleFileReport), PipelineError> {
     let base = BaseFolder::read(base)?;
     let file = path.display().to_string();
     let mut reader =
         BufReader::new(std::fs::File::open(path).map_err(|e| WeightError::io(&file, e))?);
-    let stores = read_single_file(&mut reader, &file, &base, device, dtype)?;
+    let stores = read_single_file(&mut reader, &file, &base, device, dtype, quantization)?;
     let text_encoder = stores.build_text_encoder(base.text_encoder.clone())?;
     let unet = stores.build_unet(base.unet.clone())?;
     let vae = stores.build_vae(base.vae.clone(), true)?;
@@ -168,6 +170,7 @@ pub fn read_single_file<R: Read + Seek>(
     base: &BaseFolder,
     device: &Device,
     dtype: DType,
+    quantization: Option<&QuantPolicy>,
 ) -> Result<SingleFileStores, WeightError> {
     let format = detect_format(reader, file)?;
     let desc = |c: Component| format!("{file} ({} of a single-file checkpoint)", c.folder());
@@ -181,6 +184,15 @@ pub fn read_single_file<R: Read + Seek>(
         TensorStore::new(device, dtype, desc(Component::Unet)),
         TensorStore::new(device, vae_dtype, desc(Component::Vae)),
     ];
+    if let Some(policy) = quantization {
+        for (store, c) in
+            stores
+                .iter_mut()
+                .zip([Component::TextEncoder, Component::Unet, Component::Vae])
+        {
+            store.set_quantization(policy.clone(), c.folder());
+        }
+    }
     let index = |c: Component| match c {
         Component::TextEncoder => 0,
         Component::Unet => 1,
@@ -247,11 +259,23 @@ pub fn read_single_file<R: Read + Seek>(
                     ignored.push(info.name.clone());
                     continue;
                 }
-                let values = gguf.read_f32(reader, info, file)?;
                 used += 1;
                 *storage_types
                     .entry(info.ggml_type.name.to_string())
                     .or_default() += 1;
+                // q8_0/q4_0 layer weights go to the GPU as they are: no requantisation error.
+                let blocks = QuantType::parse(info.ggml_type.name)
+                    .filter(|_| info.shape.len() >= 2 && info.shape[0] > 0);
+                if let (Some(ty), [pair]) = (blocks, pairs.as_slice())
+                    && pair.transform == Transform::Identity
+                {
+                    let bytes = gguf.read_raw(reader, info, file)?;
+                    stores[index(pair.component)]
+                        .insert_blocks(&pair.diffusers, ty, &info.shape, &bytes)
+                        .map_err(|why| bad(&info.name, why))?;
+                    continue;
+                }
+                let values = gguf.read_f32(reader, info, file)?;
                 if let [pair] = pairs.as_slice()
                     && pair.transform == Transform::Identity
                 {

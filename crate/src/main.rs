@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use sdweb::pipeline::{GenerateRequest, Progress, StableDiffusion, StdClock};
 use sdweb::png_meta::{GenerationParams, encode_png};
 use sdweb::schedulers::SchedulerKind;
+use sdweb::weights::{QuantPolicy, QuantType};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,22 @@ enum Command {
         /// devices where only the UNet step is being measured.
         #[arg(long, conflicts_with = "output")]
         no_decode: bool,
+    },
+    /// Write a copy of a diffusers folder with q8_0/q4_0 layer weights (loads like any model).
+    Quantize {
+        /// A diffusers model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// q8_0 or q4_0.
+        #[arg(long)]
+        to: String,
+        /// Per-tensor overrides, PATTERN=q8_0|q4_0|f16 separated by commas; a pattern matches
+        /// `component/tensor.name` by substring, e.g. `vae/=q8_0,attn=q8_0`.
+        #[arg(long, default_value = "")]
+        quant_override: String,
+        /// The output folder.
+        #[arg(long)]
+        output: PathBuf,
     },
 }
 
@@ -94,6 +111,19 @@ struct GenOpts {
     /// auto (f16 where the adapter has shader-f16, else f32), f32, or f16.
     #[arg(long, default_value = "auto")]
     precision: String,
+    /// Quantise layer weights while loading: q8_0 or q4_0 (kept quantised in GPU memory).
+    #[arg(long)]
+    quantize: Option<String>,
+    /// Per-tensor overrides for --quantize, PATTERN=q8_0|q4_0|f16 separated by commas.
+    #[arg(long, default_value = "", requires = "quantize")]
+    quant_override: String,
+}
+
+/// The policy for `--quantize TYPE --quant-override SPEC`.
+fn quant_policy(to: &str, overrides: &str) -> Result<QuantPolicy, String> {
+    let ty = QuantType::parse(to)
+        .ok_or_else(|| format!("unknown quantisation {to}; choose q8_0 or q4_0"))?;
+    QuantPolicy::new(ty).with_overrides(overrides)
 }
 
 fn main() -> ExitCode {
@@ -109,6 +139,12 @@ fn main() -> ExitCode {
             output.as_ref(),
             Some(BenchMode { decode: !no_decode }),
         ),
+        Command::Quantize {
+            model,
+            to,
+            quant_override,
+            output,
+        } => quantize(&model, &to, &quant_override, &output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -160,7 +196,13 @@ fn run(
         _ => DType::F32,
     };
     eprintln!("compute precision: {dtype:?}");
-    let mut model = StableDiffusion::load(&opts.model, &device, dtype)?;
+    let policy = opts
+        .quantize
+        .as_deref()
+        .map(|to| quant_policy(to, &opts.quant_override))
+        .transpose()?;
+    let mut model = StableDiffusion::load_quantized(&opts.model, &device, dtype, policy)?;
+    let weight_bytes = peak_memory(&device);
     if let Some(dir) = &opts.taesd {
         model.load_preview_decoder(dir)?;
     }
@@ -320,6 +362,9 @@ fn run(
             "model": opts.model.display().to_string(),
             "width": width, "height": height, "steps": request.steps, "cfg": request.guidance > 1.0,
             "precision": format!("{dtype:?}"), "scheduler": out.scheduler.name(),
+            "quantize": opts.quantize.as_deref().unwrap_or("none"),
+            "weights_on_disk_bytes": model_bytes_on_disk(&opts.model, dtype == DType::F16),
+            "gpu_bytes_after_load": weight_bytes,
             "load_ms": load_ms,
             "tokenize_ms": t.tokenize_ms,
             "text_encoder_ms": t.text_encoder_ms,
@@ -354,6 +399,43 @@ fn write_preview(
     let png = encode_png(&rgb, (w * factor) as u32, (h * factor) as u32, &params)?;
     std::fs::write(dir.join(format!("step-{step:03}.png")), png)?;
     Ok(())
+}
+
+fn quantize(
+    model: &std::path::Path,
+    to: &str,
+    overrides: &str,
+    output: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let policy = quant_policy(to, overrides)?;
+    let reports = sdweb::weights::quantize_model::quantize_folder(model, output, &policy)?;
+    for r in &reports {
+        eprintln!(
+            "{}: {} -> {} bytes ({:?})",
+            r.component, r.input_bytes, r.output_bytes, r.tensors
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "output": output.display().to_string(), "to": to, "components": reports })
+    );
+    Ok(())
+}
+
+/// Bytes of the weight files a load reads (the fp16 variant first on the f16 path, as the loader).
+fn model_bytes_on_disk(dir: &std::path::Path, prefer_fp16: bool) -> u64 {
+    [
+        ("text_encoder", "model"),
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+    ]
+    .iter()
+    .filter_map(|(c, stem)| {
+        sdweb::weights::find_component_file(&dir.join(c), stem, prefer_fp16).ok()
+    })
+    .filter_map(|p| std::fs::metadata(p).ok())
+    .map(|m| m.len())
+    .sum()
 }
 
 fn clock_ms(clock: &StdClock) -> f64 {

@@ -12,7 +12,7 @@ use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionMod
 use crate::noise::NoiseGenerator;
 use crate::schedulers::{self, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
-use crate::weights::{TensorStore, WeightError, find_component_file};
+use crate::weights::{QuantPolicy, TensorStore, WeightError, find_component_file};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -238,6 +238,7 @@ pub struct PipelineBuilder {
     vae: Option<AutoencoderKL>,
     preview_decoder: Option<AutoencoderTiny>,
     scheduler_config: Option<SchedulerConfig>,
+    quantization: Option<QuantPolicy>,
 }
 
 impl PipelineBuilder {
@@ -252,7 +253,14 @@ impl PipelineBuilder {
             vae: None,
             preview_decoder: None,
             scheduler_config: None,
+            quantization: None,
         }
+    }
+
+    /// Quantise float weights of the text encoder, UNet and VAE as they load (weights that
+    /// arrive already quantised stay so either way).
+    pub fn set_quantization(&mut self, policy: Option<QuantPolicy>) {
+        self.quantization = policy;
     }
 
     pub fn set_tokenizer(&mut self, tokenizer: ClipTokenizer) {
@@ -296,7 +304,12 @@ impl PipelineBuilder {
                 DType::F32,
             ),
         };
-        let store = TensorStore::new(&self.device, dtype, source.to_string());
+        let mut store = TensorStore::new(&self.device, dtype, source.to_string());
+        if let Some(policy) = &self.quantization
+            && component != Component::PreviewDecoder
+        {
+            store.set_quantization(policy.clone(), component.folder());
+        }
         Ok(ComponentLoad { config, store })
     }
 
@@ -344,6 +357,16 @@ impl PipelineBuilder {
 impl StableDiffusion {
     /// Loads a diffusers folder. `dtype`: F32 (always works) or F16 (needs shader-f16).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, PipelineError> {
+        Self::load_quantized(dir, device, dtype, None)
+    }
+
+    /// [`Self::load`], quantising weights as `quantization` says while they stream in.
+    pub fn load_quantized(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        quantization: Option<QuantPolicy>,
+    ) -> Result<Self, PipelineError> {
         if !dir.join("model_index.json").is_file() {
             return Err(PipelineError::Invalid(format!(
                 "{} is not a diffusers model folder (no model_index.json)",
@@ -355,6 +378,7 @@ impl StableDiffusion {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
         let mut builder = PipelineBuilder::new(name, device, dtype);
+        builder.set_quantization(quantization);
         builder.set_tokenizer(ClipTokenizer::from_dir(&dir.join("tokenizer"))?);
         for component in Component::ALL {
             let folder = dir.join(component.folder());

@@ -470,8 +470,15 @@ fn single_file_safetensors_and_gguf_match_the_folder_references() {
     ] {
         let path = single_dir().join(file);
         let mut reader = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
-        let stores =
-            read_single_file(&mut reader, &path.display().to_string(), &b, &d, DType::F32).unwrap();
+        let stores = read_single_file(
+            &mut reader,
+            &path.display().to_string(),
+            &b,
+            &d,
+            DType::F32,
+            None,
+        )
+        .unwrap();
         let report = &stores.report;
         eprintln!(
             "{file}: {} used, ignored {:?}, storage {:?}",
@@ -583,9 +590,14 @@ fn sd2_openclip_layout_round_trips_through_a_single_file() {
     let path = temp_path("sd2_tiny_ldm.safetensors");
     write_safetensors(&path, &ldm);
 
-    let (model, report) =
-        load_single_file_with_report(&path, &fixtures().join("sd2_tiny"), &device(), DType::F32)
-            .unwrap();
+    let (model, report) = load_single_file_with_report(
+        &path,
+        &fixtures().join("sd2_tiny"),
+        &device(),
+        DType::F32,
+        None,
+    )
+    .unwrap();
     assert_eq!(report.layout, TextEncoderLayout::OpenClip);
     assert_eq!(report.ignored.len(), 4, "{:?}", report.ignored);
     let reference = load_reference("sd2_modules.safetensors");

@@ -5,12 +5,13 @@ use burn::tensor::module::{attention, conv2d, interpolate, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Tensor};
 
-use crate::weights::{WeightError, Weights};
+use crate::weights::{LayerWeight, WeightError, Weights};
 
-/// torch.nn.Linear; the weight is kept as burn's `[in, out]` layout.
+/// torch.nn.Linear. The weight stays in torch's `[out, in]` layout (quantised blocks run
+/// along `in`); burn's matmul takes its transpose as a strided view.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight: Tensor<2>,
+    weight: LayerWeight<2>,
     bias: Option<Tensor<1>>,
 }
 
@@ -21,7 +22,7 @@ impl Linear {
         out_dim: usize,
         bias: bool,
     ) -> Result<Self, WeightError> {
-        let weight = w.get::<2>("weight", [out_dim, in_dim])?.transpose();
+        let weight = w.get_layer_weight::<2>("weight", [out_dim, in_dim])?;
         let bias = if bias {
             Some(w.get::<1>("bias", [out_dim])?)
         } else {
@@ -31,14 +32,15 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(x, self.weight.clone(), self.bias.clone())
+        let weight = self.weight.dense(x.dtype()).transpose();
+        burn::tensor::module::linear(x, weight, self.bias.clone())
     }
 }
 
 /// torch.nn.Conv2d with square kernels; `padding` may be asymmetric (VAE downsampling).
 #[derive(Clone, Debug)]
 pub struct Conv2d {
-    weight: Tensor<4>,
+    weight: LayerWeight<4>,
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 }
@@ -64,7 +66,7 @@ impl Conv2d {
         options: ConvOptions<2>,
     ) -> Result<Self, WeightError> {
         Ok(Self {
-            weight: w.get::<4>("weight", [out_ch, in_ch, kernel, kernel])?,
+            weight: w.get_layer_weight::<4>("weight", [out_ch, in_ch, kernel, kernel])?,
             bias: Some(w.get::<1>("bias", [out_ch])?),
             options,
         })
@@ -80,19 +82,15 @@ impl Conv2d {
         padding: usize,
     ) -> Result<Self, WeightError> {
         Ok(Self {
-            weight: w.get::<4>("weight", [out_ch, in_ch, kernel, kernel])?,
+            weight: w.get_layer_weight::<4>("weight", [out_ch, in_ch, kernel, kernel])?,
             bias: None,
             options: ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
         })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d(
-            x,
-            self.weight.clone(),
-            self.bias.clone(),
-            self.options.clone(),
-        )
+        let weight = self.weight.dense(x.dtype());
+        conv2d(x, weight, self.bias.clone(), self.options.clone())
     }
 }
 

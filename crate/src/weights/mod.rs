@@ -3,6 +3,9 @@
 
 pub mod gguf;
 pub mod ldm_keys;
+pub mod quant;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod quantize_model;
 pub mod safetensors;
 pub mod stream;
 
@@ -11,6 +14,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
+
+pub use quant::{QuantPolicy, QuantType};
 
 /// Largest single GPU tensor we create: WebGPU's default storage-binding limit is 128 MiB,
 /// so bigger weights (SD's CLIP token embedding) are split into row shards.
@@ -57,6 +62,8 @@ pub enum StorageDType {
     BF16,
     I64,
     I32,
+    /// Raw bytes: in our quantised files, GGUF q8_0/q4_0 blocks shaped `[rows, blocks, bytes]`.
+    U8,
 }
 
 impl StorageDType {
@@ -67,6 +74,7 @@ impl StorageDType {
             "BF16" => Self::BF16,
             "I64" => Self::I64,
             "I32" => Self::I32,
+            "U8" => Self::U8,
             _ => return None,
         })
     }
@@ -76,6 +84,7 @@ impl StorageDType {
             Self::F32 | Self::I32 => 4,
             Self::F16 | Self::BF16 => 2,
             Self::I64 => 8,
+            Self::U8 => 1,
         }
     }
 }
@@ -103,6 +112,7 @@ pub fn to_f32(bytes: &[u8], dtype: StorageDType) -> Vec<f32> {
             .chunks_exact(4)
             .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
             .collect(),
+        StorageDType::U8 => bytes.iter().map(|&b| b as f32).collect(),
     }
 }
 
@@ -110,8 +120,21 @@ pub fn to_f32(bytes: &[u8], dtype: StorageDType) -> Vec<f32> {
 #[derive(Clone, Debug)]
 pub struct StoredTensor {
     pub shape: Vec<usize>,
-    /// Row shards, each flattened; a single entry for ordinary tensors.
+    /// Row shards, each flattened; a single entry for ordinary tensors; empty when quantised.
     pub shards: Vec<Tensor<1>>,
+    /// The weight as a quantised `[rows, row length]` matrix (blocks run along rows).
+    pub quantized: Option<(QuantType, Tensor<2>)>,
+}
+
+/// How a pending tensor's bytes become a GPU tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Encoding {
+    /// Converted to the compute dtype, uploaded in row shards.
+    Dense,
+    /// Float bytes quantised on the CPU when complete (quantise on load).
+    QuantizeTo(QuantType),
+    /// Already GGUF blocks (our quantised files, GGUF checkpoints).
+    Blocks(QuantType),
 }
 
 /// A tensor being received piece by piece, see [`TensorStore::begin_tensor`].
@@ -124,6 +147,8 @@ pub struct PendingTensor {
     received: usize,
     buffer: Vec<u8>,
     shards: Vec<Tensor<1>>,
+    encoding: Encoding,
+    quantized: Option<(QuantType, Tensor<2>)>,
 }
 
 impl PendingTensor {
@@ -140,6 +165,8 @@ pub struct TensorStore {
     max_tensor_bytes: usize,
     tensors: HashMap<String, StoredTensor>,
     taken: RefCell<BTreeSet<String>>,
+    /// Quantise-on-load policy and the component name its patterns see.
+    quantization: Option<(QuantPolicy, String)>,
 }
 
 impl TensorStore {
@@ -152,7 +179,40 @@ impl TensorStore {
             max_tensor_bytes: MAX_TENSOR_BYTES,
             tensors: HashMap::new(),
             taken: RefCell::new(BTreeSet::new()),
+            quantization: None,
         }
+    }
+
+    /// Quantise float weights that `policy` selects as they arrive; `component` (unet, vae,
+    /// text_encoder) is what the policy's patterns match against.
+    pub fn set_quantization(&mut self, policy: QuantPolicy, component: &str) {
+        self.quantization = Some((policy, component.to_string()));
+    }
+
+    /// The quantisation type of `name`, if it is held quantised.
+    pub fn quant_type(&self, name: &str) -> Option<QuantType> {
+        self.tensors
+            .get(name)?
+            .quantized
+            .as_ref()
+            .map(|(ty, _)| *ty)
+    }
+
+    /// Bytes the weights occupy on the GPU (quantised values + f32 scales, dense in the
+    /// compute dtype).
+    pub fn gpu_bytes(&self) -> u64 {
+        let elem = if self.dtype == DType::F16 { 2 } else { 4 };
+        self.tensors
+            .values()
+            .map(|t| {
+                let n: usize = t.shape.iter().product();
+                match &t.quantized {
+                    Some((QuantType::Q8_0, _)) => n + n / quant::BLOCK * 4,
+                    Some((QuantType::Q4_0, _)) => n / 2 + n / quant::BLOCK * 4,
+                    None => n * elem,
+                }
+            })
+            .sum::<usize>() as u64
     }
 
     pub fn device(&self) -> &Device {
@@ -203,6 +263,27 @@ impl TensorStore {
     /// memory — what the browser needs for a 150 MB embedding.
     pub fn begin_tensor(&self, name: &str, dtype: StorageDType, shape: &[usize]) -> PendingTensor {
         let total_elems: usize = shape.iter().product();
+        let encoding = self.encoding_for(name, dtype, shape);
+        if encoding != Encoding::Dense {
+            // Quantised tensors are small enough to assemble whole (≤ 1/4 of their f32 size).
+            let total_bytes = total_elems * dtype.size_bytes();
+            let logical = match encoding {
+                Encoding::Blocks(_) => vec![shape[0], shape[1] * quant::BLOCK],
+                _ => shape.to_vec(),
+            };
+            return PendingTensor {
+                name: name.to_string(),
+                dtype,
+                shape: logical,
+                shard_bytes: total_bytes.max(1),
+                total_bytes,
+                received: 0,
+                buffer: Vec::with_capacity(total_bytes),
+                shards: Vec::new(),
+                encoding,
+                quantized: None,
+            };
+        }
         let row_elems: usize = shape.iter().skip(1).product::<usize>().max(1);
         let elem_bytes = if self.dtype == DType::F16 { 2 } else { 4 };
         let max = self.max_tensor_bytes;
@@ -220,7 +301,63 @@ impl TensorStore {
             received: 0,
             buffer: Vec::new(),
             shards: Vec::new(),
+            encoding,
+            quantized: None,
         }
+    }
+
+    fn encoding_for(&self, name: &str, dtype: StorageDType, shape: &[usize]) -> Encoding {
+        if dtype == StorageDType::U8 {
+            if let [_, _, block] = *shape {
+                if let Some(ty) = QuantType::from_block_bytes(block) {
+                    return Encoding::Blocks(ty);
+                }
+            }
+            return Encoding::Dense;
+        }
+        let float = matches!(
+            dtype,
+            StorageDType::F32 | StorageDType::F16 | StorageDType::BF16
+        );
+        match &self.quantization {
+            Some((policy, component)) if float => policy
+                .choose(component, name, shape)
+                .map_or(Encoding::Dense, Encoding::QuantizeTo),
+            _ => Encoding::Dense,
+        }
+    }
+
+    /// Stores a tensor given as GGUF blocks of `[rows, row_len]` (e.g. a q8_0 GGUF tensor),
+    /// keeping it quantised; `shape` is the logical shape (rows first).
+    pub fn insert_blocks(
+        &mut self,
+        name: &str,
+        ty: QuantType,
+        shape: &[usize],
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let rows = shape.first().copied().unwrap_or(0);
+        let row_len: usize = shape.iter().skip(1).product();
+        let expected = (rows * row_len / quant::BLOCK).checked_mul(ty.block_bytes());
+        if shape.len() < 2 || !row_len.is_multiple_of(quant::BLOCK) || expected != Some(bytes.len())
+        {
+            return Err(format!(
+                "{} tensor {name} of shape {shape:?} must have rows of whole 32-value blocks and {} bytes, has {}",
+                ty.name(),
+                expected.map_or("?".into(), |e| e.to_string()),
+                bytes.len()
+            ));
+        }
+        let tensor = quant::upload_blocks(bytes, ty, rows, row_len, &self.device);
+        self.tensors.insert(
+            name.to_string(),
+            StoredTensor {
+                shape: shape.to_vec(),
+                shards: Vec::new(),
+                quantized: Some((ty, tensor)),
+            },
+        );
+        Ok(())
     }
 
     /// Appends bytes to `pending` (at most the bytes it still lacks are used).
@@ -236,9 +373,26 @@ impl TensorStore {
                 || pending.received == pending.total_bytes
             {
                 let shard = std::mem::take(&mut pending.buffer);
-                pending
-                    .shards
-                    .push(self.upload(to_f32(&shard, pending.dtype)));
+                self.upload_pending(pending, shard);
+            }
+        }
+    }
+
+    fn upload_pending(&self, pending: &mut PendingTensor, bytes: Vec<u8>) {
+        let rows = pending.shape[0];
+        let row_len = pending.shape[1..].iter().product::<usize>();
+        match pending.encoding {
+            Encoding::Dense => pending
+                .shards
+                .push(self.upload(to_f32(&bytes, pending.dtype))),
+            Encoding::QuantizeTo(ty) => {
+                let blocks = quant::quantize_blocks(&to_f32(&bytes, pending.dtype), ty);
+                let tensor = quant::upload_blocks(&blocks, ty, rows, row_len, &self.device);
+                pending.quantized = Some((ty, tensor));
+            }
+            Encoding::Blocks(ty) => {
+                let tensor = quant::upload_blocks(&bytes, ty, rows, row_len, &self.device);
+                pending.quantized = Some((ty, tensor));
             }
         }
     }
@@ -247,7 +401,7 @@ impl TensorStore {
     pub fn finish_tensor(&mut self, pending: PendingTensor) {
         debug_assert_eq!(pending.received, pending.total_bytes, "{}", pending.name);
         let mut shards = pending.shards;
-        if shards.is_empty() {
+        if shards.is_empty() && pending.quantized.is_none() {
             shards.push(self.upload(Vec::new()));
         }
         self.tensors.insert(
@@ -255,6 +409,7 @@ impl TensorStore {
             StoredTensor {
                 shape: pending.shape,
                 shards,
+                quantized: pending.quantized,
             },
         );
     }
@@ -325,7 +480,14 @@ impl TensorStore {
             expected: expected.to_vec(),
             source_desc: self.description.clone(),
         })?;
-        if stored.shape != expected {
+        // Quantised files record weights as [rows, row length]: the same bytes as any
+        // shape with that many rows and elements.
+        let same_matrix = stored.quantized.is_some()
+            && stored.shape.len() == 2
+            && expected.len() >= 2
+            && stored.shape[0] == expected[0]
+            && stored.shape[1] == expected[1..].iter().product::<usize>();
+        if stored.shape != expected && !same_matrix {
             return Err(WeightError::Shape {
                 name: name.to_string(),
                 expected: expected.to_vec(),
@@ -385,12 +547,31 @@ impl<'a> Weights<'a> {
         shape: [usize; D],
     ) -> Result<Tensor<D>, WeightError> {
         let stored = self.store.lookup(&self.name(leaf), &shape)?;
+        if let Some((_, q)) = &stored.quantized {
+            return Ok(q.clone().dequantize().cast(self.dtype()).reshape(shape));
+        }
         let flat = if stored.shards.len() == 1 {
             stored.shards[0].clone()
         } else {
             Tensor::cat(stored.shards.clone(), 0)
         };
         Ok(flat.reshape(shape))
+    }
+
+    /// A layer weight of `shape` (rows = output features), kept quantised when it is stored so.
+    pub fn get_layer_weight<const D: usize>(
+        &self,
+        leaf: &str,
+        shape: [usize; D],
+    ) -> Result<LayerWeight<D>, WeightError> {
+        let stored = self.store.lookup(&self.name(leaf), &shape)?;
+        if let Some((_, q)) = &stored.quantized {
+            return Ok(LayerWeight::Quantized {
+                matrix: q.clone(),
+                shape,
+            });
+        }
+        Ok(LayerWeight::Dense(self.get(leaf, shape)?))
     }
 
     /// A 2-D tensor kept as row shards (for embeddings larger than a storage binding).
@@ -408,6 +589,28 @@ impl<'a> Weights<'a> {
                 s.clone().reshape([rows, shape[1]])
             })
             .collect())
+    }
+}
+
+/// A linear/conv weight: dense in the compute dtype, or quantised `[rows, row length]`.
+#[derive(Clone, Debug)]
+pub enum LayerWeight<const D: usize> {
+    Dense(Tensor<D>),
+    Quantized {
+        matrix: Tensor<2>,
+        shape: [usize; D],
+    },
+}
+
+impl<const D: usize> LayerWeight<D> {
+    /// The weight in `dtype`; a quantised one is dequantised into a transient buffer.
+    pub fn dense(&self, dtype: DType) -> Tensor<D> {
+        match self {
+            Self::Dense(t) => t.clone(),
+            Self::Quantized { matrix, shape } => {
+                matrix.clone().dequantize().cast(dtype).reshape(*shape)
+            }
+        }
     }
 }
 

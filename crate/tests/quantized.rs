@@ -1,0 +1,280 @@
+//! Quantised weights: GPU dequantisation equals the CPU reference bit for bit, and quantised
+//! models stay close to f32 (cosine bounds of issue #4 on the fixture UNets).
+
+mod common;
+
+use burn::tensor::DType;
+use common::*;
+use sdweb::weights::quant::{QuantType, dequantize_blocks, quantize_blocks, upload_blocks};
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.2
+        })
+        .collect()
+}
+
+#[test]
+fn gpu_dequantisation_matches_cpu() {
+    for ty in [QuantType::Q8_0, QuantType::Q4_0] {
+        for (rows, cols) in [(8, 32), (64, 64), (40, 96), (320, 2880)] {
+            let values = pseudo_random(rows * cols, rows as u64 * 31 + cols as u64);
+            let blocks = quantize_blocks(&values, ty);
+            let expected = dequantize_blocks(&blocks, ty);
+            let tensor = upload_blocks(&blocks, ty, rows, cols, &device());
+            let got = tensor
+                .dequantize()
+                .cast(DType::F32)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            assert_eq!(got.len(), expected.len());
+            let max = got
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(max <= 1e-7, "{ty:?} {rows}x{cols}: max diff {max}");
+        }
+    }
+}
+
+use sdweb::config::ConfigReader;
+use sdweb::models::clip_text_model::{ClipTextConfig, ClipTextModel};
+use sdweb::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
+use sdweb::pipeline::{GenerateRequest, StableDiffusion, StdClock};
+use sdweb::schedulers::SchedulerKind;
+use sdweb::weights::{QuantPolicy, TensorStore, find_component_file};
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// The fixture component `model_tiny/component`, quantised on load as `policy` says.
+fn store(model: &str, component: &str, stem: &str, policy: Option<QuantPolicy>) -> TensorStore {
+    let dir = fixtures().join(format!("{model}_tiny")).join(component);
+    let mut store = TensorStore::new(&device(), DType::F32, dir.display().to_string());
+    if let Some(policy) = policy {
+        store.set_quantization(policy, component);
+    }
+    let file = find_component_file(&dir, stem, false).unwrap();
+    store
+        .load_safetensors_file(&file, &|n| Some(n.to_string()))
+        .unwrap();
+    store
+}
+
+fn unet_output(model: &str, store: &TensorStore) -> Vec<f32> {
+    let reference = load_reference(&format!("{model}_modules.safetensors"));
+    let config =
+        ConfigReader::read(&fixtures().join(format!("{model}_tiny/unet/config.json"))).unwrap();
+    let unet = UNet2DConditionModel::load(
+        &store.root(),
+        UNet2DConditionConfig::from_reader(config).unwrap(),
+    )
+    .unwrap();
+    let d = device();
+    let out = unet.forward(
+        reference["unet.sample"].tensor(&d),
+        reference["unet.timestep"].values[0] as f64,
+        reference["unet.encoder_hidden_states"].tensor(&d),
+    );
+    to_vec(out)
+}
+
+fn text_encoder_output(model: &str, store: &TensorStore) -> Vec<f32> {
+    let reference = load_reference(&format!("{model}_modules.safetensors"));
+    let config =
+        ConfigReader::read(&fixtures().join(format!("{model}_tiny/text_encoder/config.json")))
+            .unwrap();
+    let te =
+        ClipTextModel::load(&store.root(), ClipTextConfig::from_reader(config).unwrap()).unwrap();
+    let ids: Vec<u32> = reference["text.input_ids"]
+        .values
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
+    let rows: Vec<Vec<u32>> = ids
+        .chunks(reference["text.input_ids"].shape[1])
+        .map(<[u32]>::to_vec)
+        .collect();
+    to_vec(te.forward(&rows))
+}
+
+/// Issue #4's bounds: UNet output cosine vs f32 ≥ 0.999 (q8_0) and ≥ 0.99 (q4_0), on the
+/// SD 1.x and SD 2.x fixture UNets, with the default policy (every conv/linear quantised).
+#[test]
+fn quantised_unet_and_text_encoder_stay_close_to_f32() {
+    for model in ["sd1", "sd2"] {
+        let reference = unet_output(
+            model,
+            &store(model, "unet", "diffusion_pytorch_model", None),
+        );
+        let te_reference = text_encoder_output(model, &store(model, "text_encoder", "model", None));
+        for (ty, bound) in [(QuantType::Q8_0, 0.999), (QuantType::Q4_0, 0.99)] {
+            let unet_store = store(
+                model,
+                "unet",
+                "diffusion_pytorch_model",
+                Some(QuantPolicy::new(ty)),
+            );
+            assert_eq!(
+                unet_store.quant_type("down_blocks.0.resnets.0.conv1.weight"),
+                Some(ty)
+            );
+            let c = cosine(&unet_output(model, &unet_store), &reference);
+            let te_store = store(model, "text_encoder", "model", Some(QuantPolicy::new(ty)));
+            let te = cosine(&text_encoder_output(model, &te_store), &te_reference);
+            eprintln!(
+                "{model} {}: unet cosine {c:.6}, text encoder cosine {te:.6}",
+                ty.name()
+            );
+            assert!(c >= bound, "{model} {ty:?}: UNet cosine {c} < {bound}");
+            assert!(
+                te >= bound,
+                "{model} {ty:?}: text encoder cosine {te} < {bound}"
+            );
+        }
+    }
+}
+
+fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (255.0f64.powi(2) / mse.max(1e-10)).log10()
+}
+
+/// `sdweb quantize` output loads as a normal model with its weights still quantised, and
+/// end-to-end images stay near f32 for every scheduler (PSNR printed for the notes).
+#[test]
+fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
+    let out = std::env::temp_dir().join(format!("sdweb-quant-{}", std::process::id()));
+    let mut models = vec![(
+        "f32".to_string(),
+        StableDiffusion::load(&fixtures().join("sd1_tiny"), &device(), DType::F32).unwrap(),
+    )];
+    for ty in [QuantType::Q8_0, QuantType::Q4_0] {
+        let dir = out.join(ty.name());
+        let reports = sdweb::weights::quantize_model::quantize_folder(
+            &fixtures().join("sd1_tiny"),
+            &dir,
+            &QuantPolicy::new(ty),
+        )
+        .unwrap();
+        let unet = reports.iter().find(|r| r.component == "unet").unwrap();
+        assert!(
+            unet.tensors[ty.name()] > 0 && unet.output_bytes * 3 < unet.input_bytes,
+            "{unet:?}"
+        );
+        models.push((
+            ty.name().to_string(),
+            StableDiffusion::load(&dir, &device(), DType::F32).unwrap(),
+        ));
+    }
+    let names = [
+        "ddim",
+        "euler",
+        "euler-a",
+        "dpmpp-2m",
+        "dpmpp-2m-karras",
+        "lcm",
+        "pndm",
+    ];
+    for scheduler in names {
+        let request = GenerateRequest {
+            prompt: "a lighthouse on a cliff".into(),
+            negative_prompt: String::new(),
+            steps: 3,
+            guidance: 5.0,
+            scheduler: Some(SchedulerKind::from_name(scheduler).unwrap()),
+            width: 32,
+            height: 32,
+            seed: 7,
+            init_noise: None,
+            init_image: None,
+        };
+        let images: Vec<Vec<u8>> = models
+            .iter()
+            .map(|(_, m)| {
+                pollster::block_on(m.generate(&request, &StdClock::default(), &mut |_| {}))
+                    .unwrap()
+                    .rgb
+            })
+            .collect();
+        let q8 = psnr(&images[1], &images[0]);
+        let q4 = psnr(&images[2], &images[0]);
+        eprintln!("{scheduler}: PSNR vs f32 q8_0 {q8:.1} dB, q4_0 {q4:.1} dB");
+        // Loose floors: the bounds that matter are the cosine ones above.
+        assert!(
+            q8 >= 35.0 && q4 >= 20.0,
+            "{scheduler}: q8 {q8:.1} dB, q4 {q4:.1} dB"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// stable-diffusion.cpp-style GGUF q8_0 weights are kept as they are (no requantisation), and
+/// quantise-on-load applies to single-file checkpoints too.
+#[test]
+fn single_file_checkpoints_keep_or_get_quantised_weights() {
+    use sdweb::checkpoint::{BaseFolder, read_single_file};
+    let base = BaseFolder::read(&fixtures().join("sd1_tiny")).unwrap();
+    let dir = fixtures().join("sd1_tiny_single");
+    let name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+    let path = dir.join("sd1_tiny.gguf");
+    let mut reader = std::fs::File::open(&path).unwrap();
+    let gguf = read_single_file(
+        &mut reader,
+        &path.display().to_string(),
+        &base,
+        &device(),
+        DType::F32,
+        None,
+    )
+    .unwrap();
+    assert_eq!(gguf.unet.quant_type(name), Some(QuantType::Q8_0));
+    let path = dir.join("sd1_tiny.safetensors");
+    let mut reader = std::fs::File::open(&path).unwrap();
+    let policy = QuantPolicy::new(QuantType::Q4_0);
+    let st = read_single_file(
+        &mut reader,
+        &path.display().to_string(),
+        &base,
+        &device(),
+        DType::F32,
+        Some(&policy),
+    )
+    .unwrap();
+    assert_eq!(
+        st.unet.quant_type(name),
+        Some(QuantType::Q8_0),
+        "transformer blocks stay q8_0 under q4_0"
+    );
+    assert_eq!(
+        st.unet.quant_type("down_blocks.0.resnets.0.conv1.weight"),
+        Some(QuantType::Q4_0)
+    );
+    assert_eq!(
+        st.text_encoder
+            .quant_type("text_model.embeddings.token_embedding.weight"),
+        None
+    );
+    assert!(
+        st.unet.gpu_bytes() * 3 < gguf.unet.gpu_bytes() * 2,
+        "{} vs {}",
+        st.unet.gpu_bytes(),
+        gguf.unet.gpu_bytes()
+    );
+}
