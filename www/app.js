@@ -1,10 +1,11 @@
 // The generator page. All heavy lifting happens in sdweb.js (a Web Worker running the wasm
 // core); this file only wires the form, progress, gallery and cache list to that API.
-import { createGenerator, checkWebGPU, listCachedModels, deleteCachedModel, MODELS } from './sdweb.js';
+import { createGenerator, checkWebGPU, listCachedModels, deleteCachedModel, MODELS, WEIGHT_FORMATS } from './sdweb.js';
 
 const $ = (id) => document.getElementById(id);
 const el = {
   model: $('model'), loadModel: $('load-model'), modelNote: $('model-note'),
+  weights: $('weights'), weightsNote: $('weights-note'),
   prompt: $('prompt'), negative: $('negative'), steps: $('steps'), guidance: $('guidance'),
   scheduler: $('scheduler'), width: $('width'), height: $('height'),
   seed: $('seed'), randomSeed: $('random-seed'), reuseSeed: $('reuse-seed'),
@@ -122,6 +123,32 @@ function renderModelNote() {
   }
   el.modelNote.textContent = parts.join(' ');
   el.modelNote.classList.toggle('hint-warn', m.id === 'demo');
+  renderWeightsNote();
+}
+
+// ---------- weight format (f16 / q8 / q4), sizes shown before anything downloads ----------
+
+function renderWeightsOptions() {
+  el.weights.replaceChildren(...WEIGHT_FORMATS.map((f) => new Option(f.name, f.id)));
+  el.weights.value = new URLSearchParams(location.search).get('weights') || 'f16';
+}
+
+const selectedQuantize = () => (el.weights.value === 'f16' ? undefined : el.weights.value);
+
+function renderWeightsNote() {
+  const m = selectedModel();
+  const parts = [];
+  if (m.downloadBytes) parts.push(`Download ${fmtBytes(m.downloadBytes)}${m.bundled || isCached(m) ? ' (already here)' : ''}`);
+  const gpu = m.gpuBytes?.[el.weights.value];
+  if (gpu) parts.push(`GPU memory for the weights ≈ ${fmtBytes(gpu)} (f16 compute; 512×512 generation needs more)`);
+  if (selectedQuantize()) parts.push('Quantised while loading: the download is the f16 files.');
+  el.weightsNote.textContent = parts.join(' · ');
+}
+
+function onWeightsPicked() {
+  renderWeightsNote();
+  const m = selectedModel();
+  if (gen && (m.bundled || isCached(m))) loadModel(m);
 }
 
 // Bundled or already-cached models load as soon as they are picked; anything that would
@@ -176,11 +203,11 @@ function loadModel(m) {
 
   // ?taesd=URL adds TAESD (image-sized step previews), e.g. ?taesd=https://huggingface.co/madebyollin/taesd/resolve/main
   const taesd = new URLSearchParams(location.search).get('taesd') || undefined;
-  const p = createGenerator({ model: m.url, onProgress, taesd }).then((g) => {
+  const p = createGenerator({ model: m.url, onProgress, taesd, quantize: selectedQuantize() }).then((g) => {
     if (token !== loadToken) { g.dispose(); throw new Error('superseded by another model'); }
     gen = app.generator = g;
     applyInfo(g.info);
-    setPhase(`${m.name} ready · native ${g.info.width}×${g.info.height} · ${g.info.f16 ? 'f16' : 'f32'} compute`, 1);
+    setPhase(`${m.name} ready · native ${g.info.width}×${g.info.height} · ${g.info.f16 ? 'f16' : 'f32'} compute · ${el.weights.value} weights`, 1);
     updateButtons();
     refreshCached();
     firstReady.resolve(g.info);
@@ -842,6 +869,7 @@ el.maskMode.addEventListener('change', () => {
 el.form.addEventListener('submit', (e) => { e.preventDefault(); generate(); });
 el.stop.addEventListener('click', () => running?.abort());
 el.model.addEventListener('change', onModelPicked);
+el.weights.addEventListener('change', onWeightsPicked);
 el.loadModel.addEventListener('click', () => loadModel(selectedModel()));
 el.prompt.addEventListener('keydown', (e) => {
   if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); generate(); }
@@ -859,6 +887,7 @@ el.reuseSeed.addEventListener('click', () => {
 });
 
 async function start() {
+  renderWeightsOptions();
   renderModelOptions();
   renderModelNote();
   refreshCached();

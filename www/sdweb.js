@@ -16,10 +16,21 @@ export const SCHEDULERS = ['ddim', 'euler', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-kar
 export const MODELS = [
   { id: 'demo', name: 'Demo (tiny, bundled)', url: here('./models/demo'), bundled: true, downloadBytes: 15_400_000,
     note: 'A tiny model with random weights that ships with the page: its images are noise-like. Pick SD-Turbo or SD 1.5 for real images.' },
+  // gpuBytes: weights resident on the GPU after loading, per weight format (`sdweb bench
+  // --load-only` on the full-size architectures; SD-Turbo is SD 2.1's architecture).
   { id: 'sd-turbo', name: 'SD-Turbo', url: 'https://huggingface.co/stabilityai/sd-turbo/resolve/main', downloadBytes: 2_580_000_000,
+    gpuBytes: { f16: 2_830_000_000, q8_0: 1_620_000_000, q4_0: 1_080_000_000 },
     note: '512×512 in 1–4 steps without guidance (fp16 weights, 2.6 GB download once).' },
   { id: 'sd15', name: 'Stable Diffusion 1.5', url: 'https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main', downloadBytes: 2_130_000_000,
+    gpuBytes: { f16: 2_430_000_000, q8_0: 1_350_000_000, q4_0: 950_000_000 },
     note: '512×512, 20–30 steps (fp16 weights, 2.1 GB download once).' },
+];
+
+/** Weight formats the page offers: q8_0/q4_0 are quantised while loading (GGUF block layouts). */
+export const WEIGHT_FORMATS = [
+  { id: 'f16', name: 'f16 (full quality)' },
+  { id: 'q8_0', name: 'q8 (half the GPU memory, ~identical images)' },
+  { id: 'q4_0', name: 'q4 (a third of the GPU memory, small changes)' },
 ];
 
 /** Whether this browser can run sdweb: {ok, f16, reason} (reason: what the user can do). */
@@ -65,10 +76,11 @@ function revisionOf(model) {
 
 /**
  * Loads a model in a new worker. Options: model (base URL), onProgress(event),
- * precision ('auto' | 'f32' | 'f16'), revision (cache key; default from the URL or 'main'),
+ * precision ('auto' | 'f32' | 'f16'), quantize ('q8_0' | 'q4_0': layer weights quantised as they
+ * load and kept quantised on the GPU; see WEIGHT_FORMATS), revision (cache key; default from the URL or 'main'),
  * taesd (base URL of a TAESD repository, e.g. madebyollin/taesd: image-sized step previews).
  */
-export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', revision, taesd } = {}) {
+export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', quantize, revision, taesd } = {}) {
   if (!model) throw new Error('createGenerator: `model` (the base URL of a diffusers repository) is required');
   const gpu = await checkWebGPU();
   if (!gpu.ok) throw new Error(gpu.reason);
@@ -115,7 +127,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
   let info;
   try {
     const taesdUrl = taesd ? new URL(String(taesd).replace(/\/+$/, ''), globalThis.document?.baseURI ?? globalThis.location?.href).href : undefined;
-    info = await call({ op: 'load', model: base, revision: revision ?? revisionOf(base), precision, taesd: taesdUrl });
+    info = await call({ op: 'load', model: base, revision: revision ?? revisionOf(base), precision, quantize, taesd: taesdUrl });
   } catch (e) {
     worker.terminate();
     throw e;

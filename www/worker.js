@@ -81,7 +81,7 @@ function describe(e) {
   return { name, message: message.replace(/^AbortError: /, ''), code: e?.code, url: e?.url, status: e?.status, needed: e?.needed, available: e?.available };
 }
 
-async function load({ model, revision, precision, taesd }, progress) {
+async function load({ model, revision, precision, quantize, taesd }, progress) {
   if (generator) { generator.free(); generator = null; }
   const cache = await ModelCache.open();
   const base = model.replace(/\/+$/, '');
@@ -162,7 +162,7 @@ async function load({ model, revision, precision, taesd }, progress) {
     preview = { config: await cache.text(tUrl('config.json'), revision), url: tUrl('diffusion_pytorch_model.safetensors'), size: weightsEntry.size };
   }
 
-  const loader = await ModelLoader.create(base.split('/').filter(Boolean).pop() ?? base, precision ?? 'auto');
+  const loader = await ModelLoader.create(base.split('/').filter(Boolean).pop() ?? base, precision ?? 'auto', quantize ?? undefined);
   try {
     const bytes = async (path) => (path ? cache.bytes(url(path), revision) : undefined);
     loader.set_tokenizer(

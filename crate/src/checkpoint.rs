@@ -264,10 +264,10 @@ pub fn read_single_file<R: Read + Seek>(
                     .entry(info.ggml_type.name.to_string())
                     .or_default() += 1;
                 // q8_0/q4_0 layer weights go to the GPU as they are: no requantisation error.
-                let blocks = QuantType::parse(info.ggml_type.name)
-                    .filter(|_| info.shape.len() >= 2 && info.shape[0] > 0);
+                let blocks = QuantType::parse(info.ggml_type.name);
                 if let (Some(ty), [pair]) = (blocks, pairs.as_slice())
                     && pair.transform == Transform::Identity
+                    && QuantPolicy::is_layer_weight(&pair.diffusers, &info.shape)
                 {
                     let bytes = gguf.read_raw(reader, info, file)?;
                     stores[index(pair.component)]

@@ -43,13 +43,16 @@ enum Command {
         /// devices where only the UNet step is being measured.
         #[arg(long, conflicts_with = "output")]
         no_decode: bool,
+        /// Only load the model and report its sizes (bytes on disk, GPU bytes after load).
+        #[arg(long, conflicts_with_all = ["output", "no_decode"])]
+        load_only: bool,
     },
     /// Write a copy of a diffusers folder with q8_0/q4_0 layer weights (loads like any model).
     Quantize {
         /// A diffusers model folder.
         #[arg(long)]
         model: PathBuf,
-        /// q8_0 or q4_0.
+        /// q8_0, q4_0, or f16 (no quantisation: an fp16 copy).
         #[arg(long)]
         to: String,
         /// Per-tensor overrides, PATTERN=q8_0|q4_0|f16 separated by commas; a pattern matches
@@ -111,6 +114,11 @@ struct GenOpts {
     /// auto (f16 where the adapter has shader-f16, else f32), f32, or f16.
     #[arg(long, default_value = "auto")]
     precision: String,
+    /// A single-file checkpoint (.safetensors with LDM names, or a stable-diffusion.cpp .gguf)
+    /// whose weights replace the --model folder's; the folder still gives configs, tokenizer
+    /// and scheduler.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
     /// Quantise layer weights while loading: q8_0 or q4_0 (kept quantised in GPU memory).
     #[arg(long)]
     quantize: Option<String>,
@@ -134,10 +142,14 @@ fn main() -> ExitCode {
             opts,
             output,
             no_decode,
+            load_only,
         } => run(
             &opts,
             output.as_ref(),
-            Some(BenchMode { decode: !no_decode }),
+            Some(BenchMode {
+                decode: !no_decode,
+                load_only,
+            }),
         ),
         Command::Quantize {
             model,
@@ -157,6 +169,7 @@ fn main() -> ExitCode {
 
 struct BenchMode {
     decode: bool,
+    load_only: bool,
 }
 
 fn run(
@@ -201,13 +214,44 @@ fn run(
         .as_deref()
         .map(|to| quant_policy(to, &opts.quant_override))
         .transpose()?;
-    let mut model = StableDiffusion::load_quantized(&opts.model, &device, dtype, policy)?;
+    let mut model = match &opts.checkpoint {
+        Some(file) => {
+            let (model, report) = sdweb::checkpoint::load_single_file_with_report(
+                file,
+                &opts.model,
+                &device,
+                dtype,
+                policy.as_ref(),
+            )?;
+            eprintln!(
+                "{}: {} tensors used, {} ignored, storage {:?}",
+                file.display(),
+                report.used,
+                report.ignored.len(),
+                report.storage_types
+            );
+            model
+        }
+        None => StableDiffusion::load_quantized(&opts.model, &device, dtype, policy)?,
+    };
     let weight_bytes = peak_memory(&device);
     if let Some(dir) = &opts.taesd {
         model.load_preview_decoder(dir)?;
     }
     let load_ms = clock_ms(&clock) - t0;
     eprintln!("loaded {} in {:.0} ms", opts.model.display(), load_ms);
+    if bench.as_ref().is_some_and(|b| b.load_only) {
+        let line = serde_json::json!({
+            "model": opts.model.display().to_string(),
+            "precision": format!("{dtype:?}"),
+            "quantize": opts.quantize.as_deref().unwrap_or("none"),
+            "load_ms": load_ms,
+            "weights_on_disk_bytes": model_bytes_on_disk(&opts.model, dtype == DType::F16),
+            "gpu_bytes_after_load": weight_bytes,
+        });
+        println!("{line}");
+        return Ok(());
+    }
 
     let init = match &opts.init_image {
         Some(path) => {
@@ -407,8 +451,11 @@ fn quantize(
     overrides: &str,
     output: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let policy = quant_policy(to, overrides)?;
-    let reports = sdweb::weights::quantize_model::quantize_folder(model, output, &policy)?;
+    let policy = match to {
+        "f16" => None,
+        _ => Some(quant_policy(to, overrides)?),
+    };
+    let reports = sdweb::weights::quantize_model::quantize_folder(model, output, policy.as_ref())?;
     for r in &reports {
         eprintln!(
             "{}: {} -> {} bytes ({:?})",

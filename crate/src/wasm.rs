@@ -19,6 +19,7 @@ use crate::png_meta::{GenerationParams, encode_png};
 use crate::schedulers::SchedulerKind;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::stream::SafetensorsStream;
+use crate::weights::{QuantPolicy, QuantType};
 
 thread_local! {
     // burn's wgpu runtime can be initialised once per thread; later models reuse it.
@@ -70,7 +71,24 @@ pub struct ModelLoader {
 #[wasm_bindgen]
 impl ModelLoader {
     /// `precision`: "auto" (f16 where the adapter has shader-f16), "f32" or "f16".
-    pub async fn create(name: String, precision: String) -> Result<ModelLoader, JsError> {
+    /// `quantize`: "q8_0" or "q4_0" quantises layer weights as they stream in (kept quantised
+    /// on the GPU); absent or "none" keeps them f16/f32. Weights that arrive quantised (from
+    /// `sdweb quantize`) stay so either way.
+    pub async fn create(
+        name: String,
+        precision: String,
+        quantize: Option<String>,
+    ) -> Result<ModelLoader, JsError> {
+        let policy = match quantize.as_deref() {
+            None | Some("") | Some("none") | Some("f16") => None,
+            Some(other) => Some(QuantPolicy::new(QuantType::parse(other).ok_or_else(
+                || {
+                    JsError::new(&format!(
+                        "unknown quantisation {other:?}; choose none, q8_0 or q4_0"
+                    ))
+                },
+            )?)),
+        };
         let device = device().await?;
         let has_f16 = device.supports_dtype(DType::F16);
         let dtype = match precision.as_str() {
@@ -89,8 +107,10 @@ impl ModelLoader {
                 )));
             }
         };
+        let mut builder = PipelineBuilder::new(name, &device, dtype);
+        builder.set_quantization(policy);
         Ok(ModelLoader {
-            builder: Some(PipelineBuilder::new(name, &device, dtype)),
+            builder: Some(builder),
             in_flight: None,
             f16: dtype == DType::F16,
         })

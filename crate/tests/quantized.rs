@@ -170,7 +170,7 @@ fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
         let reports = sdweb::weights::quantize_model::quantize_folder(
             &fixtures().join("sd1_tiny"),
             &dir,
-            &QuantPolicy::new(ty),
+            Some(&QuantPolicy::new(ty)),
         )
         .unwrap();
         let unet = reports.iter().find(|r| r.component == "unet").unwrap();

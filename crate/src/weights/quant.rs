@@ -246,17 +246,23 @@ impl QuantPolicy {
         Ok(self)
     }
 
-    /// The type for tensor `name` of `component` (text_encoder, unet, vae), or None to keep
-    /// it unquantised. Only weights of linear/conv layers (rank 2 or 4, named `*.weight`,
-    /// rows a whole number of blocks) qualify; embeddings, norms and biases never do.
-    pub fn choose(&self, component: &str, name: &str, shape: &[usize]) -> Option<QuantType> {
-        let qualifies = name.ends_with(".weight")
+    /// Whether `name` can be held quantised: a linear/conv weight (rank 2 or 4, `*.weight`,
+    /// not an embedding, which is looked up by row and may be sharded) whose rows are whole
+    /// blocks.
+    pub fn is_layer_weight(name: &str, shape: &[usize]) -> bool {
+        name.ends_with(".weight")
             && matches!(shape.len(), 2 | 4)
             && !name.contains("embedding")
             && shape[0] >= 8
             && shape[1..].iter().product::<usize>().is_multiple_of(BLOCK)
-            && shape[1..].iter().product::<usize>() >= BLOCK;
-        if !qualifies {
+            && shape[1..].iter().product::<usize>() >= BLOCK
+    }
+
+    /// The type for tensor `name` of `component` (text_encoder, unet, vae), or None to keep
+    /// it unquantised. Only weights of linear/conv layers (rank 2 or 4, named `*.weight`,
+    /// rows a whole number of blocks) qualify; embeddings, norms and biases never do.
+    pub fn choose(&self, component: &str, name: &str, shape: &[usize]) -> Option<QuantType> {
+        if !Self::is_layer_weight(name, shape) {
             return None;
         }
         let full = format!("{component}/{name}");

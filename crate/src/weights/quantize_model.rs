@@ -31,11 +31,12 @@ const COPIED: &[&str] = &[
     "vae/config.json",
 ];
 
-/// Quantises the diffusers folder `input` into `output` (created; existing files replaced).
+/// Quantises the diffusers folder `input` into `output` (created; existing files replaced);
+/// with no policy, every float tensor is just stored as f16 (an fp16 copy).
 pub fn quantize_folder(
     input: &Path,
     output: &Path,
-    policy: &QuantPolicy,
+    policy: Option<&QuantPolicy>,
 ) -> Result<Vec<ComponentReport>, WeightError> {
     let io = |p: &Path, e: std::io::Error| WeightError::io(&p.display().to_string(), e);
     for rel in COPIED {
@@ -79,7 +80,7 @@ fn quantize_file(
     source: &Path,
     target: &Path,
     component: &str,
-    policy: &QuantPolicy,
+    policy: Option<&QuantPolicy>,
 ) -> Result<ComponentReport, WeightError> {
     let file = source.display().to_string();
     let mut reader =
@@ -112,7 +113,7 @@ fn quantize_file(
         );
         let choice = if float {
             policy
-                .choose(component, name, &entry.shape)
+                .and_then(|p| p.choose(component, name, &entry.shape))
                 .map_or(Output::F16, Output::Blocks)
         } else {
             Output::Copy
