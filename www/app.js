@@ -141,7 +141,8 @@ function renderWeightsNote() {
   if (m.downloadBytes) parts.push(`Download ${fmtBytes(m.downloadBytes)}${m.bundled || isCached(m) ? ' (already here)' : ''}`);
   const gpu = m.gpuBytes?.[el.weights.value];
   if (gpu) parts.push(`GPU memory for the weights ≈ ${fmtBytes(gpu)} (f16 compute; 512×512 generation needs more)`);
-  if (selectedQuantize()) parts.push('Quantised while loading: the download is the f16 files.');
+  const stored = m.storedBytes?.[el.weights.value];
+  if (selectedQuantize()) parts.push(`Quantised while loading: the download is the f16 files; the cache then keeps only the quantised copy${stored ? ` (${fmtBytes(stored)})` : ''}`);
   el.weightsNote.textContent = parts.join(' · ');
 }
 
@@ -191,6 +192,8 @@ function loadModel(m) {
       for (const d of downloads.values()) { loaded += d.loaded; total += d.total || 0; }
       total = Math.max(total, m.downloadBytes || 0);
       setPhase(`Downloading ${ev.file} ${mb(ev.loaded)} / ${mb(ev.total)} MB`, total ? loaded / total : null);
+    } else if (ev.type === 'quantize') {
+      setPhase(`Quantising ${ev.file} to ${el.weights.value} (once; the cache keeps the small copy) ${mb(ev.loaded)} / ${mb(ev.total)} MB`, ev.total ? ev.loaded / ev.total : null);
     } else if (ev.type === 'load') {
       const n = Math.min(ev.index + 1, ev.count);  // index is 0-based
       setPhase(`Uploading weights to the GPU (${n}/${ev.count}): ${ev.file}`, n / ev.count);

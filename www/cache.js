@@ -85,6 +85,44 @@ export class ModelCache {
     return new TextDecoder().decode(await this.bytes(url, revision));
   }
 
+  /**
+   * Stores a file made here (a quantised copy of a cached file) under `url`, a name that is
+   * never fetched. `chunks`: async iterable of Uint8Array. All or nothing: a failure (quota,
+   * a bad input) deletes what was written. -> { url, size, sha256, revision }
+   */
+  async storeDerived(url, { model = '', revision = 'main' }, chunks) {
+    const key = entryKey(url, revision);
+    await this.#delete([key]);
+    let entry = { key, url, model, revision, size: null, sha256: null, commit: null, complete: false, bytesDone: 0, chunkCount: 0, created: Date.now(), derived: true };
+    const sha = new Sha256();
+    let buffer = new Uint8Array(CHUNK_BYTES);
+    let fill = 0;
+    try {
+      for await (const data of chunks) {
+        sha.update(data);
+        for (let pos = 0; pos < data.length; ) {
+          const n = Math.min(CHUNK_BYTES - fill, data.length - pos);
+          buffer.set(data.subarray(pos, pos + n), fill);
+          fill += n;
+          pos += n;
+          if (fill === CHUNK_BYTES) {
+            entry = await this.#append(entry, buffer);
+            buffer = new Uint8Array(CHUNK_BYTES);
+            fill = 0;
+          }
+        }
+      }
+      if (fill) entry = await this.#append(entry, buffer.slice(0, fill));
+    } catch (err) {
+      await this.#delete([key]);
+      if (err.name === 'QuotaExceededError') throw quotaError(url, fileName(url, model), entry.bytesDone + fill, await availableBytes());
+      throw err;
+    }
+    entry = { ...entry, size: entry.bytesDone, sha256: sha.hex(), complete: true };
+    await transaction(this.db, ['entries'], (tx) => tx.objectStore('entries').put(entry));
+    return summary(entry);
+  }
+
   async remove(url, revision = 'main') {
     await this.#delete([entryKey(url, revision)]);
   }

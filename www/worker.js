@@ -4,7 +4,7 @@
 //
 // Protocol (see sdweb.js): requests {id, op, ...}; replies {id, type: 'progress'|'result'|'error'}.
 
-import init, { ModelLoader } from './pkg/sdweb.js';
+import init, { ModelLoader, WeightsQuantizer } from './pkg/sdweb.js';
 import { ModelCache } from './cache.js';
 
 // wgpu does not surface WGSL compile errors; log them (with the failing line) so a shader
@@ -81,6 +81,29 @@ function describe(e) {
   return { name, message: message.replace(/^AbortError: /, ''), code: e?.code, url: e?.url, status: e?.status, needed: e?.needed, available: e?.available };
 }
 
+// Writes the quantised copy of a cached weights file, then drops the original.
+async function quantizeCached(cache, component, quantize, sourceUrl, target, entry, source, progress) {
+  const quantizer = new WeightsQuantizer(component, quantize, source.path, source.size);
+  let done = 0;
+  async function* converted() {
+    try {
+      for await (const chunk of cache.chunks(sourceUrl, entry.revision)) {
+        const out = quantizer.push(chunk);
+        done += chunk.length;
+        progress({ type: 'quantize', file: source.path, loaded: done, total: source.size });
+        if (out.length) yield out;
+      }
+      const tail = quantizer.finish();
+      if (tail.length) yield tail;
+    } finally {
+      quantizer.free();
+    }
+  }
+  const stored = await cache.storeDerived(target.url, entry, converted());
+  await cache.remove(sourceUrl, entry.revision);
+  return { path: target.path, size: stored.size };
+}
+
 async function load({ model, revision, precision, quantize, taesd }, progress) {
   if (generator) { generator.free(); generator = null; }
   const cache = await ModelCache.open();
@@ -128,10 +151,15 @@ async function load({ model, revision, precision, quantize, taesd }, progress) {
   }
 
   // Weights: the fp16 variant when published (half the download; converted on upload), else f32.
+  // With `quantize`, the cache keeps a quantised copy under a derived name instead (made once,
+  // chunk by chunk, then the original is dropped): later loads read the small copy.
   const weights = {};
   for (const component of COMPONENTS) {
     await fetchFile(`${component}/config.json`);
     const stem = `${component}/${WEIGHT_STEMS[component]}`;
+    const derivedPath = quantize ? `${stem}.sdweb-${quantize}.safetensors` : null;
+    const derived = derivedPath && (await cache.info(url(derivedPath), revision));
+    if (derived) { weights[component] = { path: derivedPath, size: derived.size }; continue; }
     const candidates = [`${stem}.fp16.safetensors`, `${stem}.safetensors`];
     let found = null;
     for (const path of candidates) {
@@ -144,6 +172,7 @@ async function load({ model, revision, precision, quantize, taesd }, progress) {
       if (got) found = { path, size: got.size };
     }
     if (!found) throw new Error(`${base}/${component}/ has no weights: looked for ${candidates.map((c) => c.split('/').pop()).join(' and ')}`);
+    if (derivedPath) found = await quantizeCached(cache, component, quantize, url(found.path), { path: derivedPath, url: url(derivedPath) }, { model: base, revision }, found, progress);
     weights[component] = found;
   }
   await fetchFile('scheduler/scheduler_config.json');

@@ -18,6 +18,7 @@ use crate::pipeline::{
 use crate::png_meta::{GenerationParams, encode_png};
 use crate::schedulers::SchedulerKind;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
+use crate::weights::quantize_model::QuantizeStream;
 use crate::weights::stream::SafetensorsStream;
 use crate::weights::{QuantPolicy, QuantType};
 
@@ -446,4 +447,60 @@ async fn run_generate(
         .and_then(|_| set("timings", timings.into()))
         .map_err(|_| JsError::new("could not build the result object"))?;
     Ok(result.into())
+}
+
+/// Converts a cached fp16/f32 weights file into its q8_0/q4_0 copy chunk by chunk (the same
+/// bytes `sdweb quantize` writes), so the cache can keep the small copy for later loads.
+#[wasm_bindgen]
+pub struct WeightsQuantizer {
+    stream: Option<QuantizeStream>,
+}
+
+#[wasm_bindgen]
+impl WeightsQuantizer {
+    /// `component`: text_encoder, unet or vae; `quantize`: q8_0 or q4_0; `file`/`size`: the input.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        component: &str,
+        quantize: &str,
+        file: &str,
+        size: f64,
+    ) -> Result<WeightsQuantizer, JsError> {
+        let ty = QuantType::parse(quantize).ok_or_else(|| {
+            JsError::new(&format!(
+                "unknown quantisation {quantize:?}; choose q8_0 or q4_0"
+            ))
+        })?;
+        Ok(WeightsQuantizer {
+            stream: Some(QuantizeStream::new(
+                file,
+                size as u64,
+                component,
+                Some(QuantPolicy::new(ty)),
+            )),
+        })
+    }
+
+    /// Feeds input bytes; returns the output bytes completed by them (often empty).
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<u8>, JsError> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| JsError::new("push after finish"))?
+            .push(bytes)
+            .map_err(js_error)
+    }
+
+    /// The output size in bytes, known once the input's header has arrived (else undefined).
+    pub fn output_size(&self) -> Option<f64> {
+        self.stream.as_ref()?.output_size().map(|n| n as f64)
+    }
+
+    /// Checks the input was complete; returns the last output bytes.
+    pub fn finish(&mut self) -> Result<Vec<u8>, JsError> {
+        let stream = self
+            .stream
+            .take()
+            .ok_or_else(|| JsError::new("finish called twice"))?;
+        stream.finish().map(|(tail, _)| tail).map_err(js_error)
+    }
 }

@@ -125,13 +125,7 @@ fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (StorageDType, Vec<
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
     for (name, (dtype, shape, bytes)) in tensors {
-        let dtype = match dtype {
-            StorageDType::F32 => "F32",
-            StorageDType::F16 => "F16",
-            StorageDType::BF16 => "BF16",
-            StorageDType::I64 => "I64",
-            StorageDType::I32 => "I32",
-        };
+        let dtype = dtype.safetensors_name();
         header.insert(
             name.clone(),
             serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [data.len(), data.len() + bytes.len()]}),

@@ -27,12 +27,7 @@ fn gpu_dequantisation_matches_cpu() {
             let blocks = quantize_blocks(&values, ty);
             let expected = dequantize_blocks(&blocks, ty);
             let tensor = upload_blocks(&blocks, ty, rows, cols, &device());
-            let got = tensor
-                .dequantize()
-                .cast(DType::F32)
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
+            let got = to_vec(tensor.dequantize().cast(DType::F32));
             assert_eq!(got.len(), expected.len());
             let max = got
                 .iter()
@@ -277,4 +272,50 @@ fn single_file_checkpoints_keep_or_get_quantised_weights() {
         st.unet.gpu_bytes(),
         gguf.unet.gpu_bytes()
     );
+}
+
+/// The browser converts a cached file chunk by chunk: any chunking gives `sdweb quantize`'s
+/// bytes, and a truncated input is an error, not a short file.
+#[test]
+fn streamed_quantisation_equals_the_file_conversion() {
+    use sdweb::weights::quantize_model::QuantizeStream;
+    let source = fixtures().join("sd1_tiny/unet/diffusion_pytorch_model.safetensors");
+    let input = std::fs::read(&source).unwrap();
+    let policy = QuantPolicy::new(QuantType::Q4_0);
+    let convert = |chunk: usize, len: usize| {
+        let mut stream = QuantizeStream::new(
+            "unet.safetensors",
+            input.len() as u64,
+            "unet",
+            Some(policy.clone()),
+        );
+        let mut out = Vec::new();
+        for piece in input[..len].chunks(chunk) {
+            out.extend(stream.push(piece).unwrap());
+        }
+        let size = stream.output_size();
+        stream.finish().map(|(tail, _)| {
+            out.extend(tail);
+            assert_eq!(Some(out.len() as u64), size);
+            out
+        })
+    };
+    let whole = convert(input.len(), input.len()).unwrap();
+    assert_eq!(convert(997, input.len()).unwrap(), whole);
+    assert_eq!(convert(4 << 20, input.len()).unwrap(), whole);
+    let err = convert(4096, input.len() - 10).unwrap_err().to_string();
+    assert!(err.contains("truncated"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("sdweb-quant-stream-{}", std::process::id()));
+    sdweb::weights::quantize_model::quantize_folder(
+        &fixtures().join("sd1_tiny"),
+        &dir,
+        Some(&policy),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("unet/diffusion_pytorch_model.safetensors")).unwrap(),
+        whole
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -23,7 +23,7 @@ let server, browser, page;
 
 before(async () => {
   assert.ok(existsSync(path.join(ROOT, 'www/pkg/sdweb_bg.wasm')), 'www/pkg is missing: run www/build-wasm.sh dev first');
-  server = await startServer({ port: 0 });
+  server = await startServer({ port: 0, testHooks: true });
   browser = await launch();
   page = await (await browser.newContext()).newPage();
   logConsole(page);
@@ -72,6 +72,39 @@ test('q8_0 quantised while loading in the browser gives the CLI --quantize q8_0 
   console.log(`browser q8_0 (quantised in wasm) vs native --quantize q8_0: max ${diff.max}/255`);
   assert.equal(diff.n, diff.m);
   assert.ok(diff.max <= 3, `max ${diff.max}/255 (limit 3)`);
+
+  // The cache now holds the quantised copies instead of the originals, and a second load
+  // reads them without any request for weights.
+  const cached = await page.evaluate(async () => {
+    const { ModelCache } = await import('/cache.js');
+    const { MODELS } = await import('/sdweb.js');
+    const base = MODELS.find((m) => m.id === 'demo').url;
+    const cache = await ModelCache.open();
+    const info = async (p) => (await cache.info(`${base}/${p}`))?.size ?? null;
+    const sizes = {
+      quantised: await info('unet/diffusion_pytorch_model.sdweb-q8_0.safetensors'),
+      original: await info('unet/diffusion_pytorch_model.safetensors'),
+      textEncoder: await info('text_encoder/model.sdweb-q8_0.safetensors'),
+    };
+    cache.close();
+    return { base, sizes };
+  });
+  const originalUnet = readFileSync(path.join(FIXTURE, 'unet/diffusion_pytorch_model.safetensors')).length;
+  console.log(`cached q8_0 copies: ${JSON.stringify(cached.sizes)} (unet original ${originalUnet} bytes)`);
+  assert.equal(cached.sizes.original, null, 'the f16/f32 original is dropped once quantised');
+  assert.ok(cached.sizes.quantised > 0 && cached.sizes.quantised * 3 < originalUnet, JSON.stringify(cached.sizes));
+  assert.ok(cached.sizes.textEncoder > 0);
+  await fetch(`${server.url}__requests/clear`, { method: 'POST' });
+  const reload = await page.evaluate(async (base) => {
+    const { createGenerator } = await import('/sdweb.js');
+    const events = [];
+    const g = await createGenerator({ model: base, quantize: 'q8_0', onProgress: (e) => events.push(e.type) });
+    g.dispose();
+    return events;
+  }, cached.base);
+  const weightRequests = (await (await fetch(`${server.url}__requests`)).json()).filter((r) => /safetensors/.test(JSON.stringify(r)));
+  assert.deepEqual(weightRequests, [], 'a second q8_0 load must not fetch weights');
+  assert.ok(!reload.includes('quantize') && !reload.includes('download'), `second load events: ${reload}`);
 
   // Sizes are shown per format before a big model downloads (picking it only shows the button).
   await page.selectOption('#model', 'sd15');

@@ -4,7 +4,6 @@
 pub mod gguf;
 pub mod ldm_keys;
 pub mod quant;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod quantize_model;
 pub mod safetensors;
 pub mod stream;
@@ -77,6 +76,18 @@ impl StorageDType {
             "U8" => Self::U8,
             _ => return None,
         })
+    }
+
+    /// The name safetensors headers use.
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::I64 => "I64",
+            Self::I32 => "I32",
+            Self::U8 => "U8",
+        }
     }
 
     pub fn size_bytes(self) -> usize {

@@ -4,13 +4,16 @@
 //! every other float tensor is stored as f16. CLI and browser load the result like any
 //! diffusers folder, tensor by tensor, without a whole file in memory.
 
-use std::collections::BTreeMap;
-use std::io::{BufReader, BufWriter, Write};
+use std::collections::{BTreeMap, HashMap};
+#[cfg(not(target_arch = "wasm32"))]
+use std::io::{BufWriter, Write};
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 use super::quant::{self, QuantPolicy, QuantType};
-use super::safetensors::{SafetensorsHeader, TensorEntry};
-use super::{StorageDType, WeightError, find_component_file, to_f32};
+use super::safetensors::TensorEntry;
+use super::stream::{SafetensorsStream, TensorSink};
+use super::{StorageDType, WeightError, to_f32};
 
 /// What one component's file became.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -23,6 +26,7 @@ pub struct ComponentReport {
 }
 
 /// Folder-level files copied as they are: configs, tokenizer, scheduler.
+#[cfg(not(target_arch = "wasm32"))]
 const COPIED: &[&str] = &[
     "model_index.json",
     "scheduler/scheduler_config.json",
@@ -31,6 +35,7 @@ const COPIED: &[&str] = &[
     "vae/config.json",
 ];
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Quantises the diffusers folder `input` into `output` (created; existing files replaced);
 /// with no policy, every float tensor is just stored as f16 (an fp16 copy).
 pub fn quantize_folder(
@@ -60,7 +65,7 @@ pub fn quantize_folder(
         ("unet", "diffusion_pytorch_model"),
         ("vae", "diffusion_pytorch_model"),
     ] {
-        let source = find_component_file(&input.join(component), stem, false)?;
+        let source = super::find_component_file(&input.join(component), stem, false)?;
         let target = output.join(component).join(format!("{stem}.safetensors"));
         reports.push(quantize_file(&source, &target, component, policy)?);
     }
@@ -76,132 +81,206 @@ enum Output {
     Copy,
 }
 
+/// A tensor being collected for conversion.
+pub struct PendingOutput {
+    dtype: StorageDType,
+    output: Output,
+    bytes: Vec<u8>,
+}
+
+/// Converts a safetensors file read front to back in chunks of any size (the browser's cache
+/// chunks, or a native file) into its quantised copy, handing out the output bytes as they
+/// become ready: at most one tensor is held in memory.
+pub struct QuantizeStream {
+    stream: SafetensorsStream<'static, PendingOutput>,
+    sink: QuantizeSink,
+}
+
+struct QuantizeSink {
+    component: String,
+    policy: Option<QuantPolicy>,
+    outputs: HashMap<String, Output>,
+    out: Vec<u8>,
+    report: ComponentReport,
+}
+
+impl QuantizeStream {
+    /// `file`/`file_size` describe the input; `component` (text_encoder, unet, vae) is what
+    /// the policy's patterns see; no policy stores every float tensor as f16.
+    pub fn new(file: &str, file_size: u64, component: &str, policy: Option<QuantPolicy>) -> Self {
+        Self {
+            stream: SafetensorsStream::new(
+                file,
+                file_size,
+                Box::new(|n: &str| Some(n.to_string())),
+            ),
+            sink: QuantizeSink {
+                component: component.to_string(),
+                policy,
+                outputs: HashMap::new(),
+                out: Vec::new(),
+                report: ComponentReport {
+                    component: component.to_string(),
+                    input_bytes: file_size,
+                    ..Default::default()
+                },
+            },
+        }
+    }
+
+    /// Feeds input bytes; returns the output bytes now complete (possibly none).
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<u8>, WeightError> {
+        self.stream.push(&mut self.sink, bytes)?;
+        Ok(std::mem::take(&mut self.sink.out))
+    }
+
+    /// The output's total size, known once the input header has been read.
+    pub fn output_size(&self) -> Option<u64> {
+        (self.sink.report.output_bytes > 0).then_some(self.sink.report.output_bytes)
+    }
+
+    /// Checks the input was complete; returns the last output bytes and the report.
+    pub fn finish(mut self) -> Result<(Vec<u8>, ComponentReport), WeightError> {
+        self.stream.finish(&mut self.sink)?;
+        Ok((std::mem::take(&mut self.sink.out), self.sink.report))
+    }
+}
+
+impl TensorSink for QuantizeSink {
+    type Pending = PendingOutput;
+
+    // The output header (with every offset) precedes the data, so plan all tensors here.
+    fn header(&mut self, entries: &[(Option<String>, TensorEntry)]) -> Result<(), WeightError> {
+        let mut json = serde_json::Map::new();
+        json.insert(
+            "__metadata__".into(),
+            serde_json::json!({
+                "format": "pt",
+                "sdweb.quantization": "U8 [rows, blocks, 34|18] tensors are GGUF q8_0|q4_0 blocks of the row-major [rows, row length] weight",
+            }),
+        );
+        let mut offset = 0u64;
+        for (name, entry) in entries {
+            let Some(name) = name else { continue };
+            let numel: usize = entry.shape.iter().product();
+            let float = matches!(
+                entry.dtype,
+                StorageDType::F32 | StorageDType::F16 | StorageDType::BF16
+            );
+            let output = match self
+                .policy
+                .as_ref()
+                .and_then(|p| p.choose(&self.component, name, &entry.shape))
+            {
+                Some(ty) if float => Output::Blocks(ty),
+                _ if float && entry.dtype != StorageDType::F16 => Output::F16,
+                _ => Output::Copy,
+            };
+            let (dtype, shape, bytes) = match output {
+                Output::Blocks(ty) => {
+                    let rows = entry.shape[0] as u64;
+                    let blocks = numel as u64 / rows / quant::BLOCK as u64;
+                    let bb = ty.block_bytes() as u64;
+                    ("U8", vec![rows, blocks, bb], rows * blocks * bb)
+                }
+                Output::F16 => (
+                    "F16",
+                    entry.shape.iter().map(|&d| d as u64).collect(),
+                    numel as u64 * 2,
+                ),
+                Output::Copy => (
+                    entry.dtype.safetensors_name(),
+                    entry.shape.iter().map(|&d| d as u64).collect(),
+                    entry.end - entry.begin,
+                ),
+            };
+            let kind = match output {
+                Output::Blocks(ty) => ty.name().to_string(),
+                _ => dtype.to_ascii_lowercase(),
+            };
+            *self.report.tensors.entry(kind).or_default() += 1;
+            json.insert(
+                name.clone(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            );
+            offset += bytes;
+            self.outputs.insert(name.clone(), output);
+        }
+        let mut header =
+            serde_json::to_vec(&serde_json::Value::Object(json)).expect("a JSON map serialises");
+        while header.len() % 8 != 0 {
+            header.push(b' ');
+        }
+        self.report.output_bytes = 8 + header.len() as u64 + offset;
+        self.out.extend((header.len() as u64).to_le_bytes());
+        self.out.extend(header);
+        Ok(())
+    }
+
+    fn begin(&mut self, name: &str, entry: &TensorEntry) -> PendingOutput {
+        PendingOutput {
+            dtype: entry.dtype,
+            output: self.outputs[name],
+            bytes: Vec::with_capacity((entry.end - entry.begin) as usize),
+        }
+    }
+
+    fn push(&mut self, pending: &mut PendingOutput, bytes: &[u8]) {
+        pending.bytes.extend_from_slice(bytes);
+    }
+
+    fn finish(&mut self, pending: PendingOutput) {
+        match pending.output {
+            Output::Copy => self.out.extend(pending.bytes),
+            Output::F16 => self.out.extend(
+                to_f32(&pending.bytes, pending.dtype)
+                    .into_iter()
+                    .flat_map(|v| half::f16::from_f32(v).to_le_bytes()),
+            ),
+            Output::Blocks(ty) => self.out.extend(quant::quantize_blocks(
+                &to_f32(&pending.bytes, pending.dtype),
+                ty,
+            )),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn quantize_file(
     source: &Path,
     target: &Path,
     component: &str,
     policy: Option<&QuantPolicy>,
 ) -> Result<ComponentReport, WeightError> {
+    use std::io::Read;
     let file = source.display().to_string();
-    let mut reader =
-        BufReader::new(std::fs::File::open(source).map_err(|e| WeightError::io(&file, e))?);
-    let header = SafetensorsHeader::read(&mut reader, &file)?;
-    let mut entries: Vec<(&String, &TensorEntry)> = header.tensors.iter().collect();
-    entries.sort_by_key(|(_, e)| e.begin);
-
-    // Plan every tensor first: the header (with offsets) precedes the data.
-    let mut plan = Vec::new();
-    let mut json = serde_json::Map::new();
-    json.insert(
-        "__metadata__".into(),
-        serde_json::json!({
-            "format": "pt",
-            "sdweb.quantization": "U8 [rows, blocks, 34|18] tensors are GGUF q8_0|q4_0 blocks of the row-major [rows, row length] weight",
-        }),
-    );
-    let mut offset = 0u64;
-    let mut report = ComponentReport {
-        component: component.to_string(),
-        input_bytes: std::fs::metadata(source).map_or(0, |m| m.len()),
-        ..Default::default()
-    };
-    for (name, entry) in &entries {
-        let numel: usize = entry.shape.iter().product();
-        let float = matches!(
-            entry.dtype,
-            StorageDType::F32 | StorageDType::F16 | StorageDType::BF16
-        );
-        let choice = if float {
-            policy
-                .and_then(|p| p.choose(component, name, &entry.shape))
-                .map_or(Output::F16, Output::Blocks)
-        } else {
-            Output::Copy
-        };
-        let choice = match (choice, entry.dtype) {
-            (Output::F16, StorageDType::F16) => Output::Copy,
-            (c, _) => c,
-        };
-        let (dtype, shape, bytes) = match choice {
-            Output::Blocks(ty) => {
-                let rows = entry.shape[0] as u64;
-                let blocks = numel as u64 / rows / quant::BLOCK as u64;
-                let bb = ty.block_bytes() as u64;
-                ("U8".to_string(), vec![rows, blocks, bb], rows * blocks * bb)
-            }
-            Output::F16 => (
-                "F16".to_string(),
-                entry.shape.iter().map(|&d| d as u64).collect(),
-                numel as u64 * 2,
-            ),
-            Output::Copy => (
-                safetensors_dtype(entry.dtype).to_string(),
-                entry.shape.iter().map(|&d| d as u64).collect(),
-                entry.end - entry.begin,
-            ),
-        };
-        let key = match choice {
-            Output::Blocks(ty) => ty.name().to_string(),
-            Output::F16 => "f16".to_string(),
-            Output::Copy => safetensors_dtype(entry.dtype).to_ascii_lowercase(),
-        };
-        *report.tensors.entry(key).or_default() += 1;
-        json.insert(
-            (*name).clone(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}),
-        );
-        offset += bytes;
-        plan.push((*name, *entry, choice));
-    }
-    let mut header_bytes =
-        serde_json::to_vec(&serde_json::Value::Object(json)).expect("a JSON map serialises");
-    while header_bytes.len() % 8 != 0 {
-        header_bytes.push(b' ');
-    }
+    let mut reader = std::fs::File::open(source).map_err(|e| WeightError::io(&file, e))?;
+    let size = reader
+        .metadata()
+        .map_err(|e| WeightError::io(&file, e))?
+        .len();
+    let mut stream = QuantizeStream::new(&file, size, component, policy.cloned());
 
     // Written under a temporary name and renamed: an interrupted run leaves no half file.
     let partial = target.with_extension("safetensors.partial");
     let out_name = partial.display().to_string();
-    std::fs::create_dir_all(target.parent().unwrap()).map_err(|e| WeightError::io(&out_name, e))?;
-    let mut out =
-        BufWriter::new(std::fs::File::create(&partial).map_err(|e| WeightError::io(&out_name, e))?);
-    let write = |out: &mut BufWriter<std::fs::File>, bytes: &[u8]| {
-        out.write_all(bytes)
-            .map_err(|e| WeightError::io(&out_name, e))
-    };
-    write(&mut out, &(header_bytes.len() as u64).to_le_bytes())?;
-    write(&mut out, &header_bytes)?;
-    for (_, entry, choice) in plan {
-        let raw = header.read_tensor(&mut reader, entry, &file)?;
-        match choice {
-            Output::Copy => write(&mut out, &raw)?,
-            Output::F16 => {
-                let halves: Vec<u8> = to_f32(&raw, entry.dtype)
-                    .into_iter()
-                    .flat_map(|v| half::f16::from_f32(v).to_le_bytes())
-                    .collect();
-                write(&mut out, &halves)?
-            }
-            Output::Blocks(ty) => write(
-                &mut out,
-                &quant::quantize_blocks(&to_f32(&raw, entry.dtype), ty),
-            )?,
+    let io = |e: std::io::Error| WeightError::io(&out_name, e);
+    std::fs::create_dir_all(target.parent().unwrap()).map_err(io)?;
+    let mut out = BufWriter::new(std::fs::File::create(&partial).map_err(io)?);
+    let mut chunk = vec![0u8; 4 << 20];
+    loop {
+        let got = reader
+            .read(&mut chunk)
+            .map_err(|e| WeightError::io(&file, e))?;
+        if got == 0 {
+            break;
         }
+        out.write_all(&stream.push(&chunk[..got])?).map_err(io)?;
     }
-    out.flush().map_err(|e| WeightError::io(&out_name, e))?;
+    let (tail, report) = stream.finish()?;
+    out.write_all(&tail).map_err(io)?;
+    out.flush().map_err(io)?;
     drop(out);
-    std::fs::rename(&partial, target).map_err(|e| WeightError::io(&out_name, e))?;
-    report.output_bytes = std::fs::metadata(target).map_or(0, |m| m.len());
+    std::fs::rename(&partial, target).map_err(io)?;
     Ok(report)
-}
-
-fn safetensors_dtype(dtype: StorageDType) -> &'static str {
-    match dtype {
-        StorageDType::F32 => "F32",
-        StorageDType::F16 => "F16",
-        StorageDType::BF16 => "BF16",
-        StorageDType::I64 => "I64",
-        StorageDType::I32 => "I32",
-        StorageDType::U8 => "U8",
-    }
 }

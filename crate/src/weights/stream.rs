@@ -7,8 +7,34 @@ use super::{PendingTensor, TensorStore, WeightError};
 /// Maps a file's tensor name to ours; None skips the tensor.
 pub type Rename<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
 
+/// Where a stream's tensors go: GPU buffers ([`TensorStore`]) or a converter
+/// ([`super::quantize_model::QuantizeStream`]).
+pub trait TensorSink {
+    type Pending;
+    /// Sees every entry (our name or None when skipped), sorted by offset, before any data.
+    fn header(&mut self, _entries: &[(Option<String>, TensorEntry)]) -> Result<(), WeightError> {
+        Ok(())
+    }
+    fn begin(&mut self, name: &str, entry: &TensorEntry) -> Self::Pending;
+    fn push(&mut self, pending: &mut Self::Pending, bytes: &[u8]);
+    fn finish(&mut self, pending: Self::Pending);
+}
+
+impl TensorSink for TensorStore {
+    type Pending = PendingTensor;
+    fn begin(&mut self, name: &str, entry: &TensorEntry) -> PendingTensor {
+        self.begin_tensor(name, entry.dtype, &entry.shape)
+    }
+    fn push(&mut self, pending: &mut PendingTensor, bytes: &[u8]) {
+        self.push_tensor_bytes(pending, bytes)
+    }
+    fn finish(&mut self, pending: PendingTensor) {
+        self.finish_tensor(pending)
+    }
+}
+
 /// Parses the header, then routes each byte range to its tensor in file order.
-pub struct SafetensorsStream<'a> {
+pub struct SafetensorsStream<'a, P = PendingTensor> {
     file: String,
     file_size: u64,
     /// Bytes consumed so far (absolute file offset).
@@ -19,12 +45,12 @@ pub struct SafetensorsStream<'a> {
     entries: Vec<(Option<String>, TensorEntry)>,
     data_start: u64,
     next: usize,
-    current: Option<PendingTensor>,
+    current: Option<P>,
     rename: Rename<'a>,
     header_done: bool,
 }
 
-impl<'a> SafetensorsStream<'a> {
+impl<'a, P> SafetensorsStream<'a, P> {
     /// `file_size` is the size the file is known to have (from the cache or Content-Length);
     /// `rename` maps file names to ours, None skips a tensor.
     pub fn new(file: impl Into<String>, file_size: u64, rename: Rename<'a>) -> Self {
@@ -48,7 +74,11 @@ impl<'a> SafetensorsStream<'a> {
     }
 
     /// Feeds the next bytes of the file.
-    pub fn push(&mut self, store: &mut TensorStore, mut bytes: &[u8]) -> Result<(), WeightError> {
+    pub fn push<S: TensorSink<Pending = P>>(
+        &mut self,
+        store: &mut S,
+        mut bytes: &[u8],
+    ) -> Result<(), WeightError> {
         if self.position + bytes.len() as u64 > self.file_size {
             return Err(self.malformed(format!(
                 "received more than the expected {} bytes",
@@ -59,7 +89,7 @@ impl<'a> SafetensorsStream<'a> {
             let used = if self.header_done {
                 self.push_data(store, bytes)
             } else {
-                self.push_header(bytes)?
+                self.push_header(store, bytes)?
             };
             self.position += used as u64;
             bytes = &bytes[used..];
@@ -72,7 +102,7 @@ impl<'a> SafetensorsStream<'a> {
     }
 
     /// Checks that the whole file arrived and every tensor is stored.
-    pub fn finish(mut self, store: &mut TensorStore) -> Result<(), WeightError> {
+    pub fn finish<S: TensorSink<Pending = P>>(mut self, store: &mut S) -> Result<(), WeightError> {
         if self.header_done {
             self.push_data(store, &[]);
         }
@@ -92,7 +122,11 @@ impl<'a> SafetensorsStream<'a> {
         }
     }
 
-    fn push_header(&mut self, bytes: &[u8]) -> Result<usize, WeightError> {
+    fn push_header<S: TensorSink<Pending = P>>(
+        &mut self,
+        store: &mut S,
+        bytes: &[u8],
+    ) -> Result<usize, WeightError> {
         let take = (self.header_needed - self.header_bytes.len()).min(bytes.len());
         self.header_bytes.extend_from_slice(&bytes[..take]);
         if self.header_bytes.len() == self.header_needed {
@@ -106,6 +140,7 @@ impl<'a> SafetensorsStream<'a> {
                         .map(|(name, entry)| ((self.rename)(&name), entry))
                         .collect();
                     entries.sort_by_key(|(_, e)| e.begin);
+                    store.header(&entries)?;
                     self.entries = entries;
                     self.data_start = header.data_start;
                     self.header_done = true;
@@ -118,7 +153,7 @@ impl<'a> SafetensorsStream<'a> {
 
     /// Consumes data-section bytes; returns how many were used (all, unless tensors ran out,
     /// in which case trailing bytes are skipped too).
-    fn push_data(&mut self, store: &mut TensorStore, bytes: &[u8]) -> usize {
+    fn push_data<S: TensorSink<Pending = P>>(&mut self, store: &mut S, bytes: &[u8]) -> usize {
         let mut used = 0usize;
         loop {
             let Some((name, entry)) = self.entries.get(self.next) else {
@@ -137,18 +172,16 @@ impl<'a> SafetensorsStream<'a> {
                 continue;
             }
             if self.current.is_none() {
-                self.current = name
-                    .as_ref()
-                    .map(|n| store.begin_tensor(n, entry.dtype, &entry.shape));
+                self.current = name.as_ref().map(|n| store.begin(n, entry));
             }
             let take = ((end - at) as usize).min(bytes.len() - used);
             if let Some(pending) = self.current.as_mut() {
-                store.push_tensor_bytes(pending, &bytes[used..used + take]);
+                store.push(pending, &bytes[used..used + take]);
             }
             used += take;
             if at + take as u64 == end {
                 if let Some(pending) = self.current.take() {
-                    store.finish_tensor(pending);
+                    store.finish(pending);
                 }
                 self.next += 1;
                 continue;
