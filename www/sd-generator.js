@@ -210,7 +210,8 @@ class SdGenerator extends HTMLElement {
       if (!model) return Promise.reject(new Error('sd-generator: the "model" attribute is required'));
       const url = new URL(model, document.baseURI).href;
       const onProgress = (ev) => { this.#onProgress(ev); this.#emit('sd-progress', ev); };
-      this.#gen = loadSdweb().then((m) => m.createGenerator({ model: url, onProgress }));
+      const quantize = this.getAttribute('quantize') || undefined;   // q8_0 | q4_0: smaller GPU memory and cache
+      this.#gen = loadSdweb().then((m) => m.createGenerator({ model: url, onProgress, quantize }));
       // A failed load must be retryable on the next Generate.
       this.#gen.catch(() => { this.#gen = null; });
     }
@@ -227,6 +228,7 @@ class SdGenerator extends HTMLElement {
   #onProgress(ev) {
     switch (ev.type) {
       case 'download': this.#setStatus(`Downloading ${ev.file} ${(ev.loaded / 1e6).toFixed(1)} / ${(ev.total / 1e6).toFixed(1)} MB`, ev.total ? ev.loaded / ev.total : null); break;
+      case 'quantize': this.#setStatus(`Quantising ${ev.file} (once)`, ev.total ? ev.loaded / ev.total : null); break;
       case 'load': this.#setStatus(`Loading weights ${Math.min(ev.index + 1, ev.count)}/${ev.count}`, (ev.index + 1) / ev.count); break;
       case 'compile': this.#setStatus('Compiling shaders…', null); break;
       case 'step': this.#setStatus(`Step ${ev.step}/${ev.steps}`, ev.step / ev.steps); break;
