@@ -234,7 +234,10 @@ fn run(
         }
         None => StableDiffusion::load_quantized(&opts.model, &device, dtype, policy)?,
     };
-    let weight_bytes = peak_memory(&device);
+    let weight_bytes = reserved_bytes(&device);
+    // The pool's reservation can shrink, so the peak is sampled after every stage.
+    let peak = std::cell::Cell::new(weight_bytes);
+    let sample_peak = || peak.set(peak.get().max(reserved_bytes(&device)));
     if let Some(dir) = &opts.taesd {
         model.load_preview_decoder(dir)?;
     }
@@ -329,7 +332,7 @@ fn run(
     if let Some(dir) = &opts.preview_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let mut on_progress = |p: Progress| match p {
+    let report_progress = |p: Progress| match p {
         Progress::Tokenized {
             truncated: true,
             token_count,
@@ -354,6 +357,10 @@ fn run(
         Progress::Decoded => eprintln!("decoded"),
         _ => {}
     };
+    let mut on_progress = |p: Progress| {
+        sample_peak();
+        report_progress(p)
+    };
     let t_generate = clock_ms(&clock);
     let out = if bench.as_ref().is_some_and(|b| !b.decode) {
         let denoised =
@@ -371,7 +378,8 @@ fn run(
     } else {
         pollster::block_on(model.generate(&request, &clock, &mut on_progress))?
     };
-    let peak = peak_memory(&device);
+    sample_peak();
+    let peak = peak.get();
 
     if let Some(path) = output {
         let params = GenerationParams {
@@ -490,7 +498,7 @@ fn clock_ms(clock: &StdClock) -> f64 {
     clock.now_ms()
 }
 
-fn peak_memory(device: &Device) -> Option<u64> {
+fn reserved_bytes(device: &Device) -> Option<u64> {
     device.memory_pool_usage().map(|u| u.bytes_reserved as u64)
 }
 
