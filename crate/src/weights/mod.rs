@@ -279,7 +279,7 @@ impl TensorStore {
             // Quantised tensors are small enough to assemble whole (≤ 1/4 of their f32 size).
             let total_bytes = total_elems * dtype.size_bytes();
             let logical = match encoding {
-                Encoding::Blocks(_) => vec![shape[0], shape[1] * quant::BLOCK],
+                Encoding::Blocks(_) => vec![shape[0], shape[1].saturating_mul(quant::BLOCK)],
                 _ => shape.to_vec(),
             };
             return PendingTensor {
