@@ -443,24 +443,11 @@ impl TensorStore {
         path: &Path,
         rename: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(), WeightError> {
-        use std::io::Read;
-        let file = path.display().to_string();
-        let mut reader = std::fs::File::open(path).map_err(|e| WeightError::io(&file, e))?;
-        let size = reader
-            .metadata()
-            .map_err(|e| WeightError::io(&file, e))?
-            .len();
-        let mut stream = stream::SafetensorsStream::new(file.clone(), size, Box::new(rename));
-        let mut chunk = vec![0u8; 4 << 20];
-        loop {
-            let got = reader
-                .read(&mut chunk)
-                .map_err(|e| WeightError::io(&file, e))?;
-            if got == 0 {
-                break;
-            }
-            stream.push(self, &chunk[..got])?;
-        }
+        let stream = read_file_chunks(
+            path,
+            |file, size| stream::SafetensorsStream::new(file, size, Box::new(rename)),
+            |stream, bytes| stream.push(self, bytes),
+        )?;
         stream.finish(self)
     }
 
@@ -507,6 +494,33 @@ impl TensorStore {
         }
         self.taken.borrow_mut().insert(name.to_string());
         Ok(stored)
+    }
+}
+
+/// Reads `path` front to back in 4 MiB pieces: `start(file name, size)` once, then `chunk` for
+/// each piece; returns what `start` made.
+pub fn read_file_chunks<S>(
+    path: &Path,
+    start: impl FnOnce(&str, u64) -> S,
+    mut chunk: impl FnMut(&mut S, &[u8]) -> Result<(), WeightError>,
+) -> Result<S, WeightError> {
+    use std::io::Read;
+    let file = path.display().to_string();
+    let mut reader = std::fs::File::open(path).map_err(|e| WeightError::io(&file, e))?;
+    let size = reader
+        .metadata()
+        .map_err(|e| WeightError::io(&file, e))?
+        .len();
+    let mut state = start(&file, size);
+    let mut buffer = vec![0u8; 4 << 20];
+    loop {
+        let got = reader
+            .read(&mut buffer)
+            .map_err(|e| WeightError::io(&file, e))?;
+        if got == 0 {
+            return Ok(state);
+        }
+        chunk(&mut state, &buffer[..got])?;
     }
 }
 

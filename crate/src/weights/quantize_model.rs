@@ -252,31 +252,17 @@ fn quantize_file(
     component: &str,
     policy: Option<&QuantPolicy>,
 ) -> Result<ComponentReport, WeightError> {
-    use std::io::Read;
-    let file = source.display().to_string();
-    let mut reader = std::fs::File::open(source).map_err(|e| WeightError::io(&file, e))?;
-    let size = reader
-        .metadata()
-        .map_err(|e| WeightError::io(&file, e))?
-        .len();
-    let mut stream = QuantizeStream::new(&file, size, component, policy.cloned());
-
     // Written under a temporary name and renamed: an interrupted run leaves no half file.
     let partial = target.with_extension("safetensors.partial");
     let out_name = partial.display().to_string();
     let io = |e: std::io::Error| WeightError::io(&out_name, e);
     std::fs::create_dir_all(target.parent().unwrap()).map_err(io)?;
     let mut out = BufWriter::new(std::fs::File::create(&partial).map_err(io)?);
-    let mut chunk = vec![0u8; 4 << 20];
-    loop {
-        let got = reader
-            .read(&mut chunk)
-            .map_err(|e| WeightError::io(&file, e))?;
-        if got == 0 {
-            break;
-        }
-        out.write_all(&stream.push(&chunk[..got])?).map_err(io)?;
-    }
+    let stream = super::read_file_chunks(
+        source,
+        |file, size| QuantizeStream::new(file, size, component, policy.cloned()),
+        |stream, bytes| out.write_all(&stream.push(bytes)?).map_err(io),
+    )?;
     let (tail, report) = stream.finish()?;
     out.write_all(&tail).map_err(io)?;
     out.flush().map_err(io)?;
