@@ -125,6 +125,10 @@ struct GenOpts {
     /// Per-tensor overrides for --quantize, PATTERN=q8_0|q4_0|f16 separated by commas.
     #[arg(long, default_value = "", requires = "quantize")]
     quant_override: String,
+    /// How quantised layers compute: `fused` (WGSL kernels that dequantise inside the GEMM) or
+    /// `dequantize` (burn dequantises each weight into a transient buffer, then matmul/conv).
+    #[arg(long, default_value = "fused", value_parser = ["fused", "dequantize"])]
+    quant_kernel: String,
 }
 
 /// The policy for `--quantize TYPE --quant-override SPEC`.
@@ -209,6 +213,7 @@ fn run(
         _ => DType::F32,
     };
     eprintln!("compute precision: {dtype:?}");
+    sdweb::kernels::set_fused_quantized_kernels(opts.quant_kernel == "fused");
     let policy = opts
         .quantize
         .as_deref()
@@ -415,6 +420,7 @@ fn run(
             "width": width, "height": height, "steps": request.steps, "cfg": request.guidance > 1.0,
             "precision": format!("{dtype:?}"), "scheduler": out.scheduler.name(),
             "quantize": opts.quantize.as_deref().unwrap_or("none"),
+            "quant_kernel": &opts.quant_kernel,
             "weights_on_disk_bytes": model_bytes_on_disk(&opts.model, dtype == DType::F16),
             "gpu_bytes_after_load": weight_bytes,
             "load_ms": load_ms,

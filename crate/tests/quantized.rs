@@ -319,3 +319,141 @@ fn streamed_quantisation_equals_the_file_conversion() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The fused WGSL kernels (`shaders/quantized_*.wgsl`) against their oracle: burn's dequantise
+/// followed by burn's matmul / conv2d on the same quantised weight.
+mod fused_kernels {
+    use super::*;
+    use burn::tensor::module::{conv2d, linear};
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Tensor, TensorData};
+    use sdweb::kernels::{quantized_conv2d, quantized_linear};
+
+    fn tensor<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
+        let n = shape.iter().product();
+        Tensor::from_data(TensorData::new(pseudo_random(n, seed), shape), &device())
+    }
+
+    fn quantized(rows: usize, cols: usize, ty: QuantType, seed: u64) -> Tensor<2> {
+        let blocks = quantize_blocks(&pseudo_random(rows * cols, seed), ty);
+        upload_blocks(&blocks, ty, rows, cols, &device())
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    fn dtypes() -> Vec<DType> {
+        let mut out = vec![DType::F32];
+        if device().supports_dtype(DType::F16) {
+            out.push(DType::F16);
+        }
+        out
+    }
+
+    // f32: only the summation order differs. f16: activations and outputs rounded to f16
+    // (|out| ≲ 0.3 here, f16 spacing 2.4e-4 there), accumulation in f32 in both.
+    fn tolerance(dtype: DType) -> f32 {
+        if dtype == DType::F16 { 2e-3 } else { 2e-5 }
+    }
+
+    #[test]
+    fn linear_matches_dequantize_then_matmul() {
+        for ty in [QuantType::Q8_0, QuantType::Q4_0] {
+            for dtype in dtypes() {
+                // Tile edges (64): single rows, partial tiles, several tiles each way.
+                for (m, k, n) in [(1, 32, 8), (77, 64, 40), (130, 320, 96), (64, 768, 200)] {
+                    let seed = (m * 7 + k * 3 + n) as u64;
+                    let x = tensor([m, k], seed).cast(dtype);
+                    let w = quantized(n, k, ty, seed + 1);
+                    let bias = tensor([n], seed + 2);
+                    let fused = quantized_linear(&x, &w, ty, Some(&bias))
+                        .expect("the kernel applies to this shape");
+                    assert_eq!(fused.dims(), [m, n]);
+                    assert_eq!(fused.dtype(), dtype);
+                    let oracle = linear(
+                        x.cast(DType::F32),
+                        w.dequantize().cast(DType::F32).transpose(),
+                        Some(bias),
+                    );
+                    let diff = max_diff(&to_vec(fused.cast(DType::F32)), &to_vec(oracle));
+                    println!("linear {ty:?} {dtype:?} [{m}x{k}]·[{n}x{k}]ᵀ: max diff {diff:e}");
+                    assert!(
+                        diff <= tolerance(dtype),
+                        "{ty:?} {dtype:?} [{m}x{k}]·[{n}x{k}]ᵀ: max diff {diff}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linear_without_bias_adds_nothing() {
+        let x = tensor([5, 64], 3);
+        let w = quantized(9, 64, QuantType::Q8_0, 4);
+        let fused = quantized_linear(&x, &w, QuantType::Q8_0, None).unwrap();
+        let oracle = linear(x, w.dequantize().cast(DType::F32).transpose(), None);
+        let diff = max_diff(&to_vec(fused), &to_vec(oracle));
+        assert!(diff <= 2e-5, "max diff {diff}");
+    }
+
+    #[test]
+    fn conv2d_matches_dequantize_then_conv() {
+        // (input [b, c, h, w], out channels, kernel, stride, padding (begin, end) per axis)
+        let cases: [([usize; 4], usize, usize, usize, [(usize, usize); 2]); 5] = [
+            ([2, 32, 9, 7], 40, 3, 1, [(1, 1), (1, 1)]),
+            // The VAE encoder's downsampling: stride 2, pad right/bottom only.
+            ([1, 32, 8, 8], 64, 3, 2, [(0, 1), (0, 1)]),
+            ([1, 32, 9, 9], 24, 3, 2, [(1, 1), (1, 1)]),
+            ([2, 64, 5, 5], 70, 1, 1, [(0, 0), (0, 0)]),
+            ([1, 96, 16, 16], 128, 3, 1, [(1, 1), (1, 1)]),
+        ];
+        for ty in [QuantType::Q8_0, QuantType::Q4_0] {
+            for dtype in dtypes() {
+                for (i, (shape, out_ch, kernel, stride, padding)) in cases.into_iter().enumerate() {
+                    let in_ch = shape[1];
+                    let seed = 100 + i as u64;
+                    let x = tensor(shape, seed).cast(dtype);
+                    let w = quantized(out_ch, in_ch * kernel * kernel, ty, seed + 1);
+                    let bias = tensor([out_ch], seed + 2);
+                    let options =
+                        ConvOptions::new_with_padding([stride, stride], padding, [1, 1], 1);
+                    let w_shape = [out_ch, in_ch, kernel, kernel];
+                    let fused = quantized_conv2d(&x, &w, w_shape, ty, Some(&bias), &options)
+                        .expect("the kernel applies to this shape");
+                    assert_eq!(fused.dtype(), dtype);
+                    let oracle = conv2d(
+                        x.cast(DType::F32),
+                        w.dequantize().cast(DType::F32).reshape(w_shape),
+                        Some(bias),
+                        options,
+                    );
+                    assert_eq!(fused.dims(), oracle.dims(), "case {i}");
+                    let diff = max_diff(&to_vec(fused.cast(DType::F32)), &to_vec(oracle));
+                    println!(
+                        "conv2d {ty:?} {dtype:?} case {i} {shape:?}→{out_ch}: max diff {diff:e}"
+                    );
+                    assert!(
+                        diff <= tolerance(dtype),
+                        "{ty:?} {dtype:?} case {i} {shape:?}→{out_ch}: max diff {diff}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_the_kernels_do_not_cover_fall_back() {
+        let w = quantized(8, 64, QuantType::Q8_0, 9);
+        // Grouped conv: the caller must take burn's path.
+        let x = tensor([1, 32, 4, 4], 10);
+        let grouped = ConvOptions::new([1, 1], [0, 0], [1, 1], 2);
+        assert!(quantized_conv2d(&x, &w, [8, 16, 2, 2], QuantType::Q8_0, None, &grouped).is_none());
+        // Linear whose input width does not match the weight.
+        assert!(quantized_linear(&tensor([3, 32], 11), &w, QuantType::Q8_0, None).is_none());
+    }
+}

@@ -85,6 +85,13 @@ async function maxPixelDiff(pngA, pngB) {
 
 let browserPng; // base64 of the page's first image
 
+// The native CLI (built by `cargo test`, or built here when run on its own).
+function sdwebBin() {
+  const bin = process.env.SDWEB_BIN ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(ROOT, 'target'), 'debug/sdweb');
+  if (!existsSync(bin)) execFileSync('cargo', ['build', '-p', 'sdweb', '--bin', 'sdweb'], { cwd: ROOT, stdio: 'inherit' });
+  return bin;
+}
+
 test('the page generates with the bundled model; the image matches the native CLI and carries its parameters', { timeout: 15 * MINUTES }, async () => {
   await page.goto(server.url);
   await page.evaluate(() => window.sdwebApp.ready);
@@ -110,9 +117,7 @@ test('the page generates with the bundled model; the image matches the native CL
   });
 
   const nativePath = path.join(scratch, 'native.png');
-  const bin = process.env.SDWEB_BIN ?? path.join(process.env.CARGO_TARGET_DIR ?? path.join(ROOT, 'target'), 'debug/sdweb');
-  if (!existsSync(bin)) execFileSync('cargo', ['build', '-p', 'sdweb', '--bin', 'sdweb'], { cwd: ROOT, stdio: 'inherit' });
-  execFileSync(bin, ['generate', '--model', FIXTURE, '--prompt', PARAMS.prompt, '--negative-prompt', PARAMS.negativePrompt,
+  execFileSync(sdwebBin(), ['generate', '--model', FIXTURE, '--prompt', PARAMS.prompt, '--negative-prompt', PARAMS.negativePrompt,
     '--steps', String(PARAMS.steps), '--guidance', String(PARAMS.guidance), '--scheduler', PARAMS.scheduler,
     '--width', String(PARAMS.width), '--height', String(PARAMS.height), '--seed', String(PARAMS.seed),
     '--precision', 'f32', '--output', nativePath], { stdio: 'inherit' });
@@ -302,12 +307,28 @@ test('a corrupted download (sha256 mismatch) is rejected and not kept', { timeou
   assert.equal(outcome.againSize, readFileSync(path.join(FIXTURE, 'unet/diffusion_pytorch_model.safetensors')).length);
 });
 
-test('the page still generates with the server stopped (service worker shell, IndexedDB weights)', { timeout: 15 * MINUTES }, async () => {
+test('the weights picker shows download, cached and GPU sizes per format before a big model downloads', { timeout: 2 * MINUTES }, async () => {
+  await page.selectOption('#model', 'sd15');
+  const notes = {};
+  for (const format of ['f16', 'q8_0', 'q4_0']) {
+    await page.selectOption('#weights', format);
+    notes[format] = await page.textContent('#weights-note');
+  }
+  for (const note of Object.values(notes)) assert.match(note, /Download 2\.1 GB[^]*GPU memory for the weights/);
+  assert.notEqual(notes.f16, notes.q4_0);
+  assert.equal(await page.isVisible('#load-model'), true, 'picking a big model must only show the load button');
+});
+
+// One fresh worker costs ~4 min of SwiftShader shader compilation, so this test also covers q8_0
+// weights: the reload picks q8_0, the worker quantises the cached originals in wasm (no network
+// needed), and the image must match the native CLI's `--quantize q8_0`.
+test('offline with q8_0 weights: the page quantises the cached model in wasm, generates, and matches the CLI --quantize q8_0', { timeout: 15 * MINUTES }, async () => {
   await page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: MINUTES });
   server.close();
   server.closeAllConnections?.();
-  await page.reload();
+  await page.goto(`${server.url}?taesd=/taesd&weights=q8_0`);
   await page.evaluate(() => window.sdwebApp.ready);
+  assert.equal(await page.inputValue('#weights'), 'q8_0');
   await page.fill('#prompt', 'offline');
   await page.fill('#steps', '1');
   await page.click('#generate');
@@ -317,6 +338,53 @@ test('the page still generates with the server stopped (service worker shell, In
   assert.ok(size > 100);
   // TAESD (loaded from the cache) decodes ×8 from latents; the latent projection would be width/4.
   assert.equal(preview?.width, (width / 4) * 8, `preview ${JSON.stringify(preview)} is not TAESD's`);
+
+  // The same worker through the JS API, against the native CLI quantising on load.
+  const quantPng = await page.evaluate(async (params) => {
+    const out = await window.sdwebApp.generator.generate(params);
+    const bytes = new Uint8Array(await out.png.arrayBuffer());
+    let s = '';
+    for (const b of bytes) s += String.fromCharCode(b);
+    return btoa(s);
+  }, PARAMS);
+  const nativePath = path.join(scratch, 'native-q8.png');
+  execFileSync(sdwebBin(), ['generate', '--model', FIXTURE, '--prompt', PARAMS.prompt, '--negative-prompt', PARAMS.negativePrompt,
+    '--steps', String(PARAMS.steps), '--guidance', String(PARAMS.guidance), '--scheduler', PARAMS.scheduler,
+    '--width', String(PARAMS.width), '--height', String(PARAMS.height), '--seed', String(PARAMS.seed),
+    '--precision', 'f32', '--quantize', 'q8_0', '--output', nativePath], { stdio: 'inherit' });
+  const diff = await maxPixelDiff(quantPng, readFileSync(nativePath).toString('base64'));
+  console.log(`browser q8_0 (quantised in wasm) vs native --quantize q8_0: max ${diff.max}/255`);
+  assert.ok(diff.max <= 3, `max ${diff.max}/255 (limit 3): ${JSON.stringify(diff)}`);
+
+  // The cache now holds the quantised copies instead of the originals, and another q8_0 load
+  // reads them: no quantise pass (and no network: the server is down).
+  const cached = await page.evaluate(async () => {
+    const { ModelCache } = await import('/cache.js');
+    const { MODELS } = await import('/sdweb.js');
+    const base = MODELS.find((m) => m.id === 'demo').url;
+    const cache = await ModelCache.open();
+    const info = async (p) => (await cache.info(`${base}/${p}`))?.size ?? null;
+    const sizes = {
+      quantised: await info('unet/diffusion_pytorch_model.sdweb-q8_0.safetensors'),
+      original: await info('unet/diffusion_pytorch_model.safetensors'),
+      textEncoder: await info('text_encoder/model.sdweb-q8_0.safetensors'),
+    };
+    cache.close();
+    return { base, sizes };
+  });
+  const originalUnet = readFileSync(path.join(FIXTURE, 'unet/diffusion_pytorch_model.safetensors')).length;
+  console.log(`cached q8_0 copies: ${JSON.stringify(cached.sizes)} (unet original ${originalUnet} bytes)`);
+  assert.equal(cached.sizes.original, null, 'the f16/f32 original is dropped once quantised');
+  assert.ok(cached.sizes.quantised > 0 && cached.sizes.quantised * 3 < originalUnet, JSON.stringify(cached.sizes));
+  assert.ok(cached.sizes.textEncoder > 0);
+  const reload = await page.evaluate(async (base) => {
+    const { createGenerator } = await import('/sdweb.js');
+    const events = [];
+    const g = await createGenerator({ model: base, quantize: 'q8_0', onProgress: (e) => events.push(e.type) });
+    g.dispose();
+    return events;
+  }, cached.base);
+  assert.ok(!reload.includes('quantize') && !reload.includes('download'), `second load events: ${reload}`);
 });
 
 test('the widget generates on a third-party page (another origin) without CSS leaking', { timeout: 15 * MINUTES }, async () => {

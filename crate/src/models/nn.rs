@@ -5,6 +5,7 @@ use burn::tensor::module::{attention, conv2d, interpolate, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Tensor};
 
+use crate::kernels;
 use crate::weights::{LayerWeight, WeightError, Weights};
 
 /// torch.nn.Linear. The weight stays in torch's `[out, in]` layout (quantised blocks run
@@ -32,6 +33,18 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let LayerWeight::Quantized { ty, matrix, shape } = &self.weight
+            && kernels::fused_quantized_kernels()
+        {
+            let dims = x.dims();
+            let rows = dims[..D - 1].iter().product();
+            let flat = x.clone().reshape([rows, dims[D - 1]]);
+            if let Some(out) = kernels::quantized_linear(&flat, matrix, *ty, self.bias.as_ref()) {
+                let mut out_dims = dims;
+                out_dims[D - 1] = shape[0];
+                return out.reshape(out_dims);
+            }
+        }
         let weight = self.weight.dense(x.dtype()).transpose();
         burn::tensor::module::linear(x, weight, self.bias.clone())
     }
@@ -89,6 +102,19 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if let LayerWeight::Quantized { ty, matrix, shape } = &self.weight
+            && kernels::fused_quantized_kernels()
+            && let Some(out) = kernels::quantized_conv2d(
+                &x,
+                matrix,
+                *shape,
+                *ty,
+                self.bias.as_ref(),
+                &self.options,
+            )
+        {
+            return out;
+        }
         let weight = self.weight.dense(x.dtype());
         conv2d(x, weight, self.bias.clone(), self.options.clone())
     }

@@ -590,8 +590,9 @@ impl<'a> Weights<'a> {
         shape: [usize; D],
     ) -> Result<LayerWeight<D>, WeightError> {
         let stored = self.store.lookup(&self.name(leaf), &shape)?;
-        if let Some((_, q)) = &stored.quantized {
+        if let Some((ty, q)) = &stored.quantized {
             return Ok(LayerWeight::Quantized {
+                ty: *ty,
                 matrix: q.clone(),
                 shape,
             });
@@ -622,6 +623,7 @@ impl<'a> Weights<'a> {
 pub enum LayerWeight<const D: usize> {
     Dense(Tensor<D>),
     Quantized {
+        ty: QuantType,
         matrix: Tensor<2>,
         shape: [usize; D],
     },
@@ -632,7 +634,7 @@ impl<const D: usize> LayerWeight<D> {
     pub fn dense(&self, dtype: DType) -> Tensor<D> {
         match self {
             Self::Dense(t) => t.clone(),
-            Self::Quantized { matrix, shape } => {
+            Self::Quantized { matrix, shape, .. } => {
                 matrix.clone().dequantize().cast(dtype).reshape(*shape)
             }
         }
