@@ -46,6 +46,12 @@ enum Command {
         /// Only load the model and report its sizes (bytes on disk, GPU bytes after load).
         #[arg(long, conflicts_with_all = ["output", "no_decode"])]
         load_only: bool,
+        /// Load for real, then run the generation as a CubeCL dry run: every kernel is compiled
+        /// and every buffer allocated as in a real run, but launches are dropped (autotune's
+        /// own measurements still execute). Measures peak GPU memory of full-size models on
+        /// slow devices in minutes; the timings are then compile + dispatch cost only.
+        #[arg(long, conflicts_with_all = ["output", "load_only"])]
+        dry_run: bool,
     },
     /// Write a copy of a diffusers folder with q8_0/q4_0 layer weights (loads like any model).
     Quantize {
@@ -147,12 +153,14 @@ fn main() -> ExitCode {
             output,
             no_decode,
             load_only,
+            dry_run,
         } => run(
             &opts,
             output.as_ref(),
             Some(BenchMode {
                 decode: !no_decode,
                 load_only,
+                dry_run,
             }),
         ),
         Command::Quantize {
@@ -174,6 +182,7 @@ fn main() -> ExitCode {
 struct BenchMode {
     decode: bool,
     load_only: bool,
+    dry_run: bool,
 }
 
 fn run(
@@ -366,6 +375,10 @@ fn run(
         sample_peak();
         report_progress(p)
     };
+    let dry_run = bench
+        .as_ref()
+        .is_some_and(|b| b.dry_run)
+        .then(burn::cubecl::dry_run::DryRun::new);
     let t_generate = clock_ms(&clock);
     let out = if bench.as_ref().is_some_and(|b| !b.decode) {
         let denoised =
@@ -384,6 +397,7 @@ fn run(
         pollster::block_on(model.generate(&request, &clock, &mut on_progress))?
     };
     sample_peak();
+    drop(dry_run);
     let peak = peak.get();
 
     if let Some(path) = output {
@@ -421,6 +435,7 @@ fn run(
             "precision": format!("{dtype:?}"), "scheduler": out.scheduler.name(),
             "quantize": opts.quantize.as_deref().unwrap_or("none"),
             "quant_kernel": &opts.quant_kernel,
+            "dry_run": mode.dry_run,
             "weights_on_disk_bytes": model_bytes_on_disk(&opts.model, dtype == DType::F16),
             "gpu_bytes_after_load": weight_bytes,
             "load_ms": load_ms,
