@@ -39,8 +39,8 @@ const PER_WORD: u32 = 32u / BITS;
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
 
-var<workgroup> w_tile: array<f32, 1024>; // [kk][oc]
-var<workgroup> p_tile: array<f32, 1024>; // [kk][pixel]
+var<workgroup> w_tile: array<vec4<f32>, 256>; // [kk][oc]
+var<workgroup> p_tile: array<vec4<f32>, 256>; // [kk][pixel]
 
 fn weight_at(row: u32, k: u32) -> f32 {
     let flat = row * info.k + k;
@@ -49,22 +49,18 @@ fn weight_at(row: u32, k: u32) -> f32 {
     return f32(q) * scales[flat / 32u];
 }
 
-fn patch_at(k: u32, pixel: u32) -> f32 {
-    let plane = info.out_h * info.out_w;
-    let b = pixel / plane;
-    let rem = pixel % plane;
-    let oy = rem / info.out_w;
-    let ox = rem % info.out_w;
+// Patch value k of the pixel whose image starts at `image` in `input` and whose window's top-left
+// corner is (y0, x0): signed, as padding puts the first rows/columns before the image.
+fn patch_at(k: u32, image: u32, y0: i32, x0: i32) -> f32 {
     let taps = info.kernel_h * info.kernel_w;
     let ic = k / taps;
     let tap = k % taps;
-    // Signed: padding makes the first rows/columns read before the image.
-    let iy = i32(oy * info.stride_h + tap / info.kernel_w) - i32(info.pad_top);
-    let ix = i32(ox * info.stride_w + tap % info.kernel_w) - i32(info.pad_left);
+    let iy = y0 + i32(tap / info.kernel_w);
+    let ix = x0 + i32(tap % info.kernel_w);
     if (iy < 0 || ix < 0 || iy >= i32(info.in_h) || ix >= i32(info.in_w)) {
         return 0.0;
     }
-    return f32(input[((b * info.in_ch + ic) * info.in_h + u32(iy)) * info.in_w + u32(ix)]);
+    return f32(input[image + (ic * info.in_h + u32(iy)) * info.in_w + u32(ix)]);
 }
 
 @compute @workgroup_size(16, 16, 1)
@@ -75,7 +71,18 @@ fn main(
 ) {
     let p0 = group.x * TILE;
     let oc0 = group.y * TILE;
-    var acc: array<f32, 16>;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    // A lane always gathers the same pixel (column lane % TILE of the tile): decompose it once.
+    let pixel = p0 + lane % TILE;
+    let plane = info.out_h * info.out_w;
+    let image = (pixel / plane) * info.in_ch * info.in_h * info.in_w;
+    let oy = (pixel % plane) / info.out_w;
+    let ox = (pixel % plane) % info.out_w;
+    let y0 = i32(oy * info.stride_h) - i32(info.pad_top);
+    let x0 = i32(ox * info.stride_w) - i32(info.pad_left);
     for (var k0 = 0u; k0 < info.k; k0 += TK) {
         for (var t = 0u; t < 4u; t++) {
             let idx = lane + 256u * t;
@@ -86,41 +93,47 @@ fn main(
             if (oc0 + row < info.out_ch && kw < info.k) {
                 wv = weight_at(oc0 + row, kw);
             }
-            w_tile[(idx % TK) * TILE + row] = wv;
+            let w_slot = (idx % TK) * TILE + row; // tiles are [kk][row] in vec4s of 4 rows
+            w_tile[w_slot / 4u][w_slot % 4u] = wv;
             // Patches: consecutive lanes read consecutive pixels (along x in the input).
-            let col = idx % TILE;
             let kk = idx / TILE;
             var pv = 0.0;
-            if (p0 + col < info.pixels && k0 + kk < info.k) {
-                pv = patch_at(k0 + kk, p0 + col);
+            if (pixel < info.pixels && k0 + kk < info.k) {
+                pv = patch_at(k0 + kk, image, y0, x0);
             }
-            p_tile[kk * TILE + col] = pv;
+            let p_slot = kk * TILE + lane % TILE;
+            p_tile[p_slot / 4u][p_slot % 4u] = pv;
         }
         workgroupBarrier();
+        // Each lane owns 4 consecutive rows × 4 consecutive columns: four vec4 accumulators
+        // and vec4 tile reads (CPU drivers such as lavapipe run lanes as SIMD: fewer, wider gathers).
         for (var kk = 0u; kk < TK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = w_tile[kk * TILE + local.y + 16u * i];
-                b[i] = p_tile[kk * TILE + local.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
-                }
-            }
+            let a = w_tile[kk * (TILE / 4u) + local.y];
+            let b = p_tile[kk * (TILE / 4u) + local.x];
+            acc0 = fma(vec4<f32>(a.x), b, acc0);
+            acc1 = fma(vec4<f32>(a.y), b, acc1);
+            acc2 = fma(vec4<f32>(a.z), b, acc2);
+            acc3 = fma(vec4<f32>(a.w), b, acc3);
         }
         workgroupBarrier();
     }
+    let oc_first = oc0 + local.y * 4u;
+    store_channel(oc_first, p0 + local.x * 4u, acc0);
+    store_channel(oc_first + 1u, p0 + local.x * 4u, acc1);
+    store_channel(oc_first + 2u, p0 + local.x * 4u, acc2);
+    store_channel(oc_first + 3u, p0 + local.x * 4u, acc3);
+}
+
+// Four consecutive pixels of channel oc (they may straddle two images), plus the bias.
+fn store_channel(oc: u32, pixel: u32, values: vec4<f32>) {
+    if (oc >= info.out_ch) {
+        return;
+    }
     let plane = info.out_h * info.out_w;
-    for (var i = 0u; i < 4u; i++) {
-        let oc = oc0 + local.y + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let pixel = p0 + local.x + 16u * j;
-            if (oc < info.out_ch && pixel < info.pixels) {
-                let b = pixel / plane;
-                out[(b * info.out_ch + oc) * plane + pixel % plane] = Elem(acc[i * 4u + j] + f32(bias[oc]));
-            }
+    for (var j = 0u; j < 4u; j++) {
+        let p = pixel + j;
+        if (p < info.pixels) {
+            out[((p / plane) * info.out_ch + oc) * plane + p % plane] = Elem(values[j] + f32(bias[oc]));
         }
     }
 }

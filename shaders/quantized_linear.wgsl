@@ -28,8 +28,8 @@ const PER_WORD: u32 = 32u / BITS;
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
 
-var<workgroup> x_tile: array<f32, 1024>; // [kk][m]
-var<workgroup> w_tile: array<f32, 1024>; // [kk][n]
+var<workgroup> x_tile: array<vec4<f32>, 256>; // [kk][m]
+var<workgroup> w_tile: array<vec4<f32>, 256>; // [kk][n]
 
 fn weight_at(row: u32, k: u32) -> f32 {
     let flat = row * info.k + k;
@@ -46,7 +46,10 @@ fn main(
 ) {
     let n0 = group.x * TILE;
     let m0 = group.y * TILE;
-    var acc: array<f32, 16>;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < info.k; k0 += TK) {
         // Each of the 256 lanes loads 4 values of each tile; consecutive lanes read along k.
         for (var t = 0u; t < 4u; t++) {
@@ -59,38 +62,43 @@ fn main(
             if (m < info.m && k < info.k) {
                 xv = f32(x[m * info.k + k]);
             }
-            x_tile[kk * TILE + row] = xv;
+            let slot = kk * TILE + row; // tiles are [kk][row] in vec4s of 4 rows
+            x_tile[slot / 4u][slot % 4u] = xv;
             let n = n0 + row;
             var wv = 0.0;
             if (n < info.n && k < info.k) {
                 wv = weight_at(n, k);
             }
-            w_tile[kk * TILE + row] = wv;
+            w_tile[slot / 4u][slot % 4u] = wv;
         }
         workgroupBarrier();
+        // Each lane owns 4 consecutive rows × 4 consecutive columns: four vec4 accumulators
+        // and vec4 tile reads (CPU drivers such as lavapipe run lanes as SIMD: fewer, wider gathers).
         for (var kk = 0u; kk < TK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = x_tile[kk * TILE + local.y + 16u * i];
-                b[i] = w_tile[kk * TILE + local.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
-                }
-            }
+            let a = x_tile[kk * (TILE / 4u) + local.y];
+            let b = w_tile[kk * (TILE / 4u) + local.x];
+            acc0 = fma(vec4<f32>(a.x), b, acc0);
+            acc1 = fma(vec4<f32>(a.y), b, acc1);
+            acc2 = fma(vec4<f32>(a.z), b, acc2);
+            acc3 = fma(vec4<f32>(a.w), b, acc3);
         }
         workgroupBarrier();
     }
-    // Consecutive lanes (local.x) write consecutive n: coalesced stores.
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + local.y + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + local.x + 16u * j;
-            if (m < info.m && n < info.n) {
-                out[m * info.n + n] = Elem(acc[i * 4u + j] + f32(bias[n]));
-            }
+    let m_first = m0 + local.y * 4u;
+    store_row(m_first, n0 + local.x * 4u, acc0);
+    store_row(m_first + 1u, n0 + local.x * 4u, acc1);
+    store_row(m_first + 2u, n0 + local.x * 4u, acc2);
+    store_row(m_first + 3u, n0 + local.x * 4u, acc3);
+}
+
+// Four consecutive outputs of row m, from column n, plus their bias.
+fn store_row(m: u32, n: u32, values: vec4<f32>) {
+    if (m >= info.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (n + j < info.n) {
+            out[m * info.n + n + j] = Elem(values[j] + f32(bias[n + j]));
         }
     }
 }
