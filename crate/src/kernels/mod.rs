@@ -117,15 +117,26 @@ fn fits_u32(values: &[usize]) -> bool {
     values.iter().all(|&v| u32::try_from(v).is_ok())
 }
 
+/// Output shape, uniform sizes and workgroup count of one launch.
+struct Dispatch {
+    out_shape: Shape,
+    info: Vec<u64>,
+    groups: (usize, usize),
+}
+
+/// Binds input, packed values, scales, bias and a new output (bindings 0–4; CubeCL appends
+/// the uniform `info` as binding 5) and enqueues the kernel.
 fn launch(
     op: Op,
     ty: QuantType,
     input: &CubeTensor,
-    parts: &(CubeTensor, CubeTensor),
+    (values, scales): &(CubeTensor, CubeTensor),
     bias: CubeTensor,
-    out_shape: Shape,
-    info: Vec<u64>,
-    groups: (usize, usize),
+    Dispatch {
+        out_shape,
+        info,
+        groups,
+    }: Dispatch,
 ) -> CubeTensor {
     let client = input.client.clone();
     let elem_bytes = if input.dtype == DType::F16 { 2 } else { 4 };
@@ -137,7 +148,6 @@ fn launch(
         out_handle,
         input.dtype,
     );
-    let (values, scales) = parts;
     let args = KernelArguments::new()
         .with_buffer_io(input.handle.clone().binding(), BufferIOAttr::ReadOnly)
         .with_buffer_io(values.handle.clone().binding(), BufferIOAttr::ReadOnly)
@@ -185,9 +195,11 @@ pub fn quantized_linear(
         &input,
         &parts,
         bias,
-        Shape::new([m, n]),
-        info_words(&[m, n, k]),
-        groups,
+        Dispatch {
+            out_shape: Shape::new([m, n]),
+            info: info_words(&[m, n, k]),
+            groups,
+        },
     );
     Some(Tensor::<2>::from_primitive::<Wgpu>(out))
 }
@@ -243,9 +255,11 @@ pub fn quantized_conv2d(
         &input,
         &parts,
         bias,
-        Shape::new([batch, out_ch, out_h, out_w]),
-        info,
-        groups,
+        Dispatch {
+            out_shape: Shape::new([batch, out_ch, out_h, out_w]),
+            info,
+            groups,
+        },
     );
     Some(Tensor::<4>::from_primitive::<Wgpu>(out))
 }
