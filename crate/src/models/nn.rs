@@ -8,6 +8,22 @@ use burn::tensor::{DType, Tensor};
 use crate::kernels;
 use crate::weights::{LayerWeight, WeightError, Weights};
 
+/// The fused quantised kernels always add a bias: a `bias=False` layer with a quantised weight
+/// gets zeros once at load, instead of a fresh zero buffer on every call.
+fn zero_bias_for_kernel<const D: usize>(
+    w: &Weights,
+    weight: &LayerWeight<D>,
+    out: usize,
+) -> Option<Tensor<1>> {
+    match weight {
+        // In the compute dtype, like every stored bias (the dense fallback adds it as is).
+        LayerWeight::Quantized { .. } => {
+            Some(Tensor::<1>::zeros([out], w.device()).cast(w.dtype()))
+        }
+        LayerWeight::Dense(_) => None,
+    }
+}
+
 /// torch.nn.Linear. The weight stays in torch's `[out, in]` layout (quantised blocks run
 /// along `in`); burn's matmul takes its transpose as a strided view.
 #[derive(Clone, Debug)]
@@ -27,7 +43,7 @@ impl Linear {
         let bias = if bias {
             Some(w.get::<1>("bias", [out_dim])?)
         } else {
-            None
+            zero_bias_for_kernel(w, &weight, out_dim)
         };
         Ok(Self { weight, bias })
     }
@@ -94,9 +110,10 @@ impl Conv2d {
         stride: usize,
         padding: usize,
     ) -> Result<Self, WeightError> {
+        let weight = w.get_layer_weight::<4>("weight", [out_ch, in_ch, kernel, kernel])?;
         Ok(Self {
-            weight: w.get_layer_weight::<4>("weight", [out_ch, in_ch, kernel, kernel])?,
-            bias: None,
+            bias: zero_bias_for_kernel(w, &weight, out_ch),
+            weight,
             options: ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
         })
     }
