@@ -2,7 +2,7 @@
 
 mod common;
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::*;
 use sdweb::config::ConfigReader;
 use sdweb::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
@@ -104,11 +104,138 @@ fn check_vae(model: &str) {
         &reference["vae.encode.logvar"].values,
         1e-4,
     );
+    check_vae_bands(model, &vae, &reference);
     assert!(
         store.unused().is_empty(),
         "unused VAE tensors: {:?}",
         store.unused()
     );
+}
+
+/// Row bands (what keeps 512×512 f32 activations under the 128 MiB binding limit) give the
+/// whole-tensor result: one-row bands (every conv gathers halos from two neighbours, the
+/// encoder's stride-2 convs leave bands empty) and three uneven bands.
+fn check_vae_bands(
+    model: &str,
+    vae: &AutoencoderKL,
+    reference: &std::collections::HashMap<String, RefTensor>,
+) {
+    let d = device();
+    let latents = reference["vae.decode.latents"].tensor(&d);
+    let image = reference["vae.encode.image"].tensor(&d);
+    let whole_decode = to_vec(vae.decode_in_bands(latents.clone(), usize::MAX));
+    let (whole_mean, whole_logvar) = vae.encode_in_bands(image.clone(), usize::MAX);
+    let (whole_mean, whole_logvar) = (to_vec(whole_mean), to_vec(whole_logvar));
+    let largest_decode = whole_decode.len() * 4 * 16 / 3; // ≥ any decoder activation here
+    for (label, budget) in [("one-row bands", 1), ("3 bands", largest_decode / 3 + 1)] {
+        let banded = to_vec(vae.decode_in_bands(latents.clone(), budget));
+        let diff = max_abs_diff(&banded, &whole_decode);
+        println!("{model} vae decode, {label}: max diff vs whole {diff:.2e}");
+        assert!(diff <= 1e-5, "{model} vae decode in {label}: {diff}");
+        assert_close(
+            &format!("{model} vae decode ({label})"),
+            &banded,
+            &reference["vae.decode.out"].values,
+            1e-4,
+        );
+        let (mean, logvar) = vae.encode_in_bands(image.clone(), budget);
+        let (mean, logvar) = (to_vec(mean), to_vec(logvar));
+        let diff = max_abs_diff(&mean, &whole_mean).max(max_abs_diff(&logvar, &whole_logvar));
+        println!("{model} vae encode, {label}: max diff vs whole {diff:.2e}");
+        assert!(diff <= 1e-5, "{model} vae encode in {label}: {diff}");
+        assert_close(
+            &format!("{model} vae encode mean ({label})"),
+            &mean,
+            &reference["vae.encode.mean"].values,
+            1e-4,
+        );
+    }
+}
+
+/// A device on the same adapter whose storage bindings are capped at `max_binding` bytes
+/// (buffers at twice that, WebGPU's default ratio), registered as a separate burn device.
+fn device_with_binding_limit(max_binding: u64) -> Device {
+    use burn::tensor::wgpu::{WgpuSetup, wgpu};
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&Default::default())).expect("a wgpu adapter");
+    let mut limits = adapter.limits();
+    limits.max_storage_buffer_binding_size = max_binding;
+    limits.max_buffer_size = 2 * max_binding;
+    let (device, queue) = pollster::block_on(
+        adapter.request_device(&wgpu::DeviceDescriptor {
+            required_features: adapter
+                .features()
+                .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+            required_limits: limits,
+            ..Default::default()
+        }),
+    )
+    .expect("a device with lowered limits");
+    let backend = adapter.get_info().backend;
+    Device::wgpu_options()
+        .setup(WgpuSetup {
+            instance,
+            adapter,
+            device,
+            queue,
+            backend,
+        })
+        .init()
+        .expect("registering the limited device")
+}
+
+/// The VAE at a size whose activations outgrow the storage-binding limit, as SD's full-size
+/// VAE does at 512×512 in f32 (256 MiB vs WebGPU's default 128 MiB): on a device capped at
+/// 8 MiB, the sd1 fixture VAE (8× fewer channels, 4× upsampling) decodes 96×96 latents
+/// to 384×384 (largest activation: 9.4 MiB) and encodes it
+/// back through bands of at most a quarter of the limit, and matches the whole-tensor result
+/// computed on the unrestricted device.
+#[test]
+fn vae_runs_within_a_small_binding_limit() {
+    const LIMIT: u64 = 8 << 20;
+    let limited = device_with_binding_limit(LIMIT);
+    let load = |device: &Device| {
+        let dir = fixtures().join("sd1_tiny").join("vae");
+        let mut store = TensorStore::new(device, DType::F32, dir.display().to_string());
+        let file = find_component_file(&dir, "diffusion_pytorch_model", false).unwrap();
+        store
+            .load_safetensors_file(&file, &|n| Some(n.to_string()))
+            .unwrap();
+        let config = AutoencoderKLConfig::from_reader(config("sd1_tiny", "vae")).unwrap();
+        AutoencoderKL::load(&store.root(), config, true).unwrap()
+    };
+    let (vae, vae_limited) = (load(&device()), load(&limited));
+    let latents: Vec<f32> = (0..4 * 96 * 96)
+        .map(|i| ((i as f32) * 0.37).sin() * 1.5)
+        .collect();
+    let tensor = |device: &Device| {
+        Tensor::<4>::from_data(TensorData::new(latents.clone(), [1, 4, 96, 96]), device)
+    };
+    let band_bytes = (LIMIT / 4) as usize;
+    let whole = to_vec(vae.decode(tensor(&device())));
+    let banded_image = vae_limited.decode_in_bands(tensor(&limited), band_bytes);
+    let banded = to_vec(banded_image.clone());
+    let diff = max_abs_diff(&banded, &whole);
+    println!("vae decode 384×384 under an 8 MiB binding limit: max diff vs whole {diff:.2e}");
+    assert!(diff <= 1e-5, "decode under the limit differs by {diff}");
+
+    let image = |device: &Device| {
+        Tensor::<4>::from_data(TensorData::new(whole.clone(), [1, 3, 384, 384]), device)
+    };
+    let (mean, _) = vae.encode(image(&device()));
+    let (mean_limited, _) = vae_limited.encode_in_bands(image(&limited), band_bytes);
+    let diff = max_abs_diff(&to_vec(mean_limited), &to_vec(mean));
+    println!("vae encode 384×384 under an 8 MiB binding limit: max diff vs whole {diff:.2e}");
+    assert!(diff <= 1e-5, "encode under the limit differs by {diff}");
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! diffusers' AutoencoderKL: Encoder, Decoder, quant/post-quant convs.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use serde_json::json;
 
 use super::nn::{
     Conv2d, GroupNorm, Linear, merge_heads, scaled_dot_product_attention, silu, split_heads,
 };
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use super::row_bands::{MAX_BAND_BYTES, RowBands, activation_bytes, band_count};
 use crate::config::{ConfigError, ConfigReader};
 use crate::weights::{WeightError, Weights};
 
@@ -280,42 +281,84 @@ impl AutoencoderKL {
 
     /// Latents (already divided by scaling_factor) → image in about [-1, 1].
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        self.decode_in_bands(z, MAX_BAND_BYTES)
+    }
+
+    /// `decode`, running the up blocks on bands of rows (`RowBands`) so that no activation
+    /// exceeds `max_band_bytes` (one band when everything fits). Same result either way.
+    pub fn decode_in_bands(&self, z: Tensor<4>, max_band_bytes: usize) -> Tensor<4> {
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(z),
             None => z,
         };
         let d = &self.decoder;
-        let mut h = d.mid.forward(d.conv_in.forward(z));
+        let h = d.mid.forward(d.conv_in.forward(z));
+        let [n, _, rows, cols] = h.dims();
+        // Channels at each up level, and the channels leaving it (upsampled 2× unless last).
+        let rev: Vec<usize> = self
+            .config
+            .block_out_channels
+            .iter()
+            .rev()
+            .copied()
+            .collect();
+        let largest = (0..rev.len())
+            .map(|i| {
+                let entering = if i == 0 { rev[0] } else { rev[i - 1] };
+                let scale = 1 << (i + usize::from(i + 1 < rev.len()));
+                // f32: group norm computes in f32 whatever the activations' dtype.
+                activation_bytes(
+                    [n, entering.max(rev[i]), rows * scale, cols * scale],
+                    DType::F32,
+                )
+            })
+            .max()
+            .unwrap_or(0);
+        let mut h = RowBands::split(h, band_count(largest, max_band_bytes, rows));
         for level in &d.up {
             for r in &level.resnets {
-                h = r.forward(h, None);
+                h = r.forward_bands(h);
             }
             if let Some(up) = &level.sampler {
-                h = up.forward(h, None);
+                h = up.forward_bands(h);
             }
         }
-        d.conv_out.forward(silu(d.norm_out.forward(h)))
+        h.group_norm(&d.norm_out)
+            .map(silu)
+            .conv(&d.conv_out)
+            .concat()
     }
 
     /// Image in [-1, 1] → (mean, logvar) of the latent distribution (before scaling_factor).
     /// Panics if loaded without the encoder.
     pub fn encode(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        self.encode_in_bands(x, MAX_BAND_BYTES)
+    }
+
+    /// `encode`, running conv_in and the down blocks on bands of rows (see `decode_in_bands`).
+    pub fn encode_in_bands(&self, x: Tensor<4>, max_band_bytes: usize) -> (Tensor<4>, Tensor<4>) {
         let e = self
             .encoder
             .as_ref()
             .expect("AutoencoderKL loaded without its encoder");
-        let mut h = e.conv_in.forward(x);
+        let [n, _, rows, cols] = x.dims();
+        let largest = (self.config.block_out_channels.iter().enumerate())
+            .map(|(i, &ch)| activation_bytes([n, ch, rows >> i, cols >> i], DType::F32))
+            .max()
+            .unwrap_or(0);
+        let mut h = RowBands::split(x, band_count(largest, max_band_bytes, rows)).conv(&e.conv_in);
         for level in &e.down {
             for r in &level.resnets {
-                h = r.forward(h, None);
+                h = r.forward_bands(h);
             }
             if let Some(down) = &level.sampler {
-                h = down.forward(h);
+                h = down.forward_bands(h);
             }
         }
+        // The lowest resolution (1/8 of the image) is small enough to bind whole.
         let h = e
             .conv_out
-            .forward(silu(e.norm_out.forward(e.mid.forward(h))));
+            .forward(silu(e.norm_out.forward(e.mid.forward(h.concat()))));
         let moments = match &self.quant_conv {
             Some(conv) => conv.forward(h),
             None => h,

@@ -119,21 +119,35 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_with(x, &self.options)
+    }
+
+    /// Kernel height, row stride and (top, bottom) row padding.
+    pub fn row_geometry(&self) -> (usize, usize, (usize, usize)) {
+        let kernel = match &self.weight {
+            LayerWeight::Dense(w) => w.dims()[2],
+            LayerWeight::Quantized { shape, .. } => shape[2],
+        };
+        (kernel, self.options.stride[0], self.options.padding[0])
+    }
+
+    /// The conv with its row padding replaced: a band of rows pads only at the image's edges.
+    pub fn forward_with_row_padding(&self, x: Tensor<4>, rows: (usize, usize)) -> Tensor<4> {
+        let mut options = self.options.clone();
+        options.padding[0] = rows;
+        self.forward_with(x, &options)
+    }
+
+    fn forward_with(&self, x: Tensor<4>, options: &ConvOptions<2>) -> Tensor<4> {
         if let LayerWeight::Quantized { ty, matrix, shape } = &self.weight
             && kernels::fused_quantized_kernels()
-            && let Some(out) = kernels::quantized_conv2d(
-                &x,
-                matrix,
-                *shape,
-                *ty,
-                self.bias.as_ref(),
-                &self.options,
-            )
+            && let Some(out) =
+                kernels::quantized_conv2d(&x, matrix, *shape, *ty, self.bias.as_ref(), options)
         {
             return out;
         }
         let weight = self.weight.dense(x.dtype());
-        conv2d(x, weight, self.bias.clone(), self.options.clone())
+        conv2d(x, weight, self.bias.clone(), options.clone())
     }
 }
 
@@ -172,16 +186,53 @@ impl GroupNorm {
         // Reduce rows of `wd` values, then the row means: burn's single reduction over a
         // ~1 M-element axis returns garbage on wgpu/lavapipe (see tests/group_norm.rs), and
         // equal-length rows make the mean of means exact.
-        let grouped = x
-            .cast(DType::F32)
-            .reshape([n, self.groups, (c / self.groups) * h, wd]);
+        let grouped = self.grouped(x);
         let mean = grouped.clone().mean_dim(3).mean_dim(2);
         let centered = grouped - mean;
         // Two-pass variance (as PyTorch) avoids the cancellation of E[x²] - E[x]².
         let var = centered.clone().square().mean_dim(3).mean_dim(2);
-        let normed = centered / (var + self.eps).sqrt();
-        let normed = normed.reshape([n, c, h, wd]).cast(dtype);
-        normed * self.gamma.clone().reshape([1, c, 1, 1]) + self.beta.clone().reshape([1, c, 1, 1])
+        self.scale_shift(centered / (var + self.eps).sqrt(), [n, c, h, wd], dtype)
+    }
+
+    /// The same norm over bands of rows of one tensor (`RowBands`): statistics summed over
+    /// every band, each band normalised on its own.
+    pub fn forward_bands(&self, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
+        let [_, c, _, _] = bands[0].dims();
+        let rows: usize = bands.iter().map(|b| b.dims()[2]).sum();
+        let count = ((c / self.groups) * rows) as f64;
+        // Sums of row means over every band, divided once: the whole-tensor forward's mean
+        // of row means. One band's temporaries at a time.
+        let mean_over = |part: &dyn Fn(Tensor<4>) -> Tensor<4>| -> Tensor<4> {
+            let mut sums = bands
+                .iter()
+                .map(|b| part(self.grouped(b.clone())).mean_dim(3).sum_dim(2));
+            let first = sums.next().expect("at least one band");
+            sums.fold(first, |acc, s| acc + s) / count
+        };
+        let mean = mean_over(&|g| g);
+        let var = mean_over(&|g| (g - mean.clone()).square());
+        let std = (var + self.eps).sqrt();
+        bands
+            .into_iter()
+            .map(|b| {
+                let (dims, dtype) = (b.dims(), b.dtype());
+                let normed = (self.grouped(b) - mean.clone()) / std.clone();
+                self.scale_shift(normed, dims, dtype)
+            })
+            .collect()
+    }
+
+    /// `[n, c, h, w]` as f32 `[n, groups, (c / groups) · h, w]`.
+    fn grouped(&self, x: Tensor<4>) -> Tensor<4> {
+        let [n, c, h, wd] = x.dims();
+        x.cast(DType::F32)
+            .reshape([n, self.groups, (c / self.groups) * h, wd])
+    }
+
+    fn scale_shift(&self, normed: Tensor<4>, dims: [usize; 4], dtype: DType) -> Tensor<4> {
+        let c = dims[1];
+        normed.reshape(dims).cast(dtype) * self.gamma.clone().reshape([1, c, 1, 1])
+            + self.beta.clone().reshape([1, c, 1, 1])
     }
 }
 

@@ -4,6 +4,7 @@ use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
 use super::nn::{Conv2d, GroupNorm, Linear, silu, upsample_nearest_2x};
+use super::row_bands::RowBands;
 use crate::weights::{WeightError, Weights};
 
 pub struct ResnetBlock2D {
@@ -53,6 +54,21 @@ impl ResnetBlock2D {
         };
         shortcut + h
     }
+
+    /// `forward` without time embedding (the VAE's blocks) on bands of rows.
+    pub fn forward_bands(&self, x: RowBands) -> RowBands {
+        let h = x
+            .clone()
+            .group_norm(&self.norm1)
+            .map(silu)
+            .conv(&self.conv1);
+        let h = h.group_norm(&self.norm2).map(silu).conv(&self.conv2);
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => x.conv(conv),
+            None => x,
+        };
+        shortcut + h
+    }
 }
 
 /// Strided 3×3 conv. The VAE encoder uses padding 0 with an asymmetric (0, 1) pad, as diffusers.
@@ -79,6 +95,10 @@ impl Downsample2D {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.conv.forward(x)
+    }
+
+    pub fn forward_bands(&self, x: RowBands) -> RowBands {
+        x.conv(&self.conv)
     }
 }
 
@@ -107,5 +127,9 @@ impl Upsample2D {
             _ => upsample_nearest_2x(x),
         };
         self.conv.forward(up)
+    }
+    /// 2× nearest upsampling then the conv, on bands of rows (each band doubles in place).
+    pub fn forward_bands(&self, x: RowBands) -> RowBands {
+        x.map(upsample_nearest_2x).conv(&self.conv)
     }
 }
