@@ -56,6 +56,23 @@ fn taesd_matches_diffusers() {
         &reference["encode.latents"].values,
         1e-4,
     );
+
+    // On bands of rows (what keeps 768×768 under a 128 MiB binding): one-row bands, so
+    // every conv reads its halo rows from both neighbours.
+    let banded = taesd.decode_in_bands(reference["decode.latents"].tensor(&d), 1);
+    assert_close(
+        "taesd decode (one-row bands)",
+        &to_vec(banded),
+        expected,
+        1e-4,
+    );
+    let banded = taesd.encode_in_bands(reference["encode.image"].tensor(&d), 1);
+    assert_close(
+        "taesd encode (one-row bands)",
+        &to_vec(banded),
+        &reference["encode.latents"].values,
+        1e-4,
+    );
 }
 
 #[test]

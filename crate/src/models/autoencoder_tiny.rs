@@ -13,11 +13,12 @@
 //! by the SD VAE's 0.18215 before [`AutoencoderTiny::decode`]; [`AutoencoderTiny::decode_preview`]
 //! does the whole pipeline step (÷ this config's scaling_factor, decode, to [0, 1]).
 
-use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
+use burn::tensor::{DType, Tensor};
 use serde_json::json;
 
 use super::nn::{Conv2d, upsample_nearest_2x};
+use super::row_bands::{MAX_BAND_BYTES, RowBands, activation_bytes, band_count};
 use crate::config::{ConfigError, ConfigReader};
 use crate::weights::{WeightError, Weights};
 
@@ -141,6 +142,12 @@ impl Block {
         let h = relu(self.convs[1].forward(h));
         relu(self.convs[2].forward(h) + x)
     }
+
+    fn forward_bands(&self, x: RowBands) -> RowBands {
+        let h = x.conv(&self.convs[0]).map(relu);
+        let h = h.conv(&self.convs[1]).map(relu);
+        (h.conv(&self.convs[2]) + x).map(relu)
+    }
 }
 
 /// One entry of the `nn.Sequential` that carries or changes data.
@@ -162,11 +169,43 @@ impl Layer {
     }
 }
 
-fn run(layers: &[Layer], mut x: Tensor<4>) -> Tensor<4> {
-    for layer in layers {
-        x = layer.forward(x);
+impl Layer {
+    fn forward_bands(&self, x: RowBands) -> RowBands {
+        match self {
+            Layer::Conv(conv) => x.conv(conv),
+            Layer::Relu => x.map(relu),
+            Layer::Block(block) => block.forward_bands(x),
+            Layer::Upsample => x.map(upsample_nearest_2x),
+        }
     }
-    x
+}
+
+/// The layers on bands of rows of `x` when `largest_bytes` (the biggest activation they will
+/// produce) exceeds `max_band_bytes`; on the whole tensor otherwise. TAESD at 768×768 holds
+/// 64 channels at full resolution: 144 MiB in f32, over WebGPU's default 128 MiB binding.
+fn run(layers: &[Layer], x: Tensor<4>, largest_bytes: usize, max_band_bytes: usize) -> Tensor<4> {
+    let count = band_count(largest_bytes, max_band_bytes, x.dims()[2]);
+    if count == 1 {
+        return layers.iter().fold(x, |x, layer| layer.forward(x));
+    }
+    let bands = layers
+        .iter()
+        .fold(RowBands::split(x, count), |x, layer| layer.forward_bands(x));
+    bands.concat()
+}
+
+/// The largest activation of `layers` on `[n, _, rows, cols]` input: `channels` at the
+/// resolution after every upsampling (f32, the larger compute dtype).
+fn largest_activation(layers: &[Layer], dims: [usize; 4], channels: &[usize]) -> usize {
+    let ups = layers
+        .iter()
+        .filter(|l| matches!(l, Layer::Upsample))
+        .count();
+    let widest = channels.iter().copied().max().unwrap_or(0);
+    activation_bytes(
+        [dims[0], widest, dims[2] << ups, dims[3] << ups],
+        DType::F32,
+    )
 }
 
 pub struct AutoencoderTiny {
@@ -281,9 +320,19 @@ impl AutoencoderTiny {
     /// (1.0), i.e. SD latents in the UNet's scale, not divided by the SD VAE's 0.18215.
     /// The decoder soft-clamps them to (-3, 3) with `tanh(z / 3) · 3` first.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        self.decode_in_bands(z, MAX_BAND_BYTES)
+    }
+
+    /// `decode` on bands of rows (`RowBands`) whose activations stay under `max_band_bytes`.
+    pub fn decode_in_bands(&self, z: Tensor<4>, max_band_bytes: usize) -> Tensor<4> {
         let z = (z / 3.0).tanh() * 3.0;
+        let largest = largest_activation(
+            &self.decoder,
+            z.dims(),
+            &self.config.decoder_block_out_channels,
+        );
         // TAESD's own output is in [0, 1]; diffusers maps it to [-1, 1].
-        run(&self.decoder, z) * 2.0 - 1.0
+        run(&self.decoder, z, largest, max_band_bytes) * 2.0 - 1.0
     }
 
     /// A preview image in [0, 1] from the pipeline's latents (the UNet's scale, as
@@ -299,11 +348,18 @@ impl AutoencoderTiny {
     /// UNet's scale (multiply by scaling_factor, 1.0, for pipeline latents).
     /// Panics if loaded without the encoder.
     pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
+        self.encode_in_bands(x, MAX_BAND_BYTES)
+    }
+
+    /// `encode` on bands of rows (`RowBands`) whose activations stay under `max_band_bytes`.
+    pub fn encode_in_bands(&self, x: Tensor<4>, max_band_bytes: usize) -> Tensor<4> {
         let encoder = self
             .encoder
             .as_ref()
             .expect("AutoencoderTiny loaded without its encoder");
+        let largest =
+            largest_activation(encoder, x.dims(), &self.config.encoder_block_out_channels);
         // TAESD's encoder takes images in [0, 1].
-        run(encoder, (x + 1.0) / 2.0)
+        run(encoder, (x + 1.0) / 2.0, largest, max_band_bytes)
     }
 }
