@@ -3,10 +3,12 @@
 //! shows that the decoder's bands keep every buffer under the limit, and reports time and
 //! peak GPU memory as one JSON line.
 //!
-//!   cargo run --example vae_decode -- MODEL_DIR [SIZE] [f32|f16]
+//!   cargo run --example vae_decode -- MODEL_DIR [SIZE] [f32|f16] [MAX_BAND_BYTES]
 //!
 //! MODEL_DIR is a diffusers folder (or an `sdweb quantize` output: quantised layers stay
-//! quantised); SIZE defaults to 512. Latents are seeded unit-normal noise.
+//! quantised); SIZE defaults to 512; MAX_BAND_BYTES to the pipeline's (`row_bands`), `whole`
+//! for no bands (fails where an activation outgrows the binding limit). Latents are seeded
+//! unit-normal noise.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,9 +20,7 @@ use sdweb::noise::NoiseGenerator;
 use sdweb::weights::{TensorStore, find_component_file};
 
 fn reserved(device: &Device) -> u64 {
-    device
-        .memory_pool_usage()
-        .map_or(0, |u| u.bytes_reserved as u64)
+    device.memory_pool_usage().map_or(0, |u| u.bytes_reserved)
 }
 
 fn main() {
@@ -34,6 +34,11 @@ fn main() {
         None | Some("f32") => DType::F32,
         Some("f16") => DType::F16,
         Some(other) => panic!("precision {other}: f32 or f16"),
+    };
+    let band_bytes = match args.next().as_deref() {
+        None => sdweb::models::row_bands::MAX_BAND_BYTES,
+        Some("whole") => usize::MAX,
+        Some(n) => n.parse().expect("MAX_BAND_BYTES"),
     };
     let (device, setup) = Device::wgpu_options()
         .init_with_setup()
@@ -64,7 +69,7 @@ fn main() {
     )
     .cast(dtype);
     let t0 = Instant::now();
-    let image = vae.decode(z);
+    let image = vae.decode_in_bands(z, band_bytes);
     let pixels = image
         .cast(DType::F32)
         .into_data()
@@ -78,7 +83,7 @@ fn main() {
             "model": dir.display().to_string(), "size": size, "precision": format!("{dtype:?}"),
             "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,
             "max_buffer_size": limits.max_buffer_size,
-            "decode_s": seconds, "gpu_bytes_after_load": after_load,
+            "max_band_bytes": band_bytes, "decode_s": seconds, "gpu_bytes_after_load": after_load,
             "peak_gpu_bytes": reserved(&device), "pixels_finite": finite,
         })
     );
