@@ -5,7 +5,8 @@
 //! Every op gives the result of the same op on the whole tensor: a convolution gathers the
 //! halo rows it needs from the neighbouring bands (zero padding only at the image's edges), a
 //! group norm reduces its statistics over all bands. Only the summation order of the group
-//! norm's statistics changes (fixture VAEs: ≤ 3.6e-6 on outputs of scale ≤ 2.9, `tests/models.rs`).
+//! norm's statistics changes (fixture VAEs: ≤ 3.6e-6 on outputs of scale ≤ 2.9,
+//! `tests/models.rs`).
 
 use burn::tensor::{DType, Tensor};
 
