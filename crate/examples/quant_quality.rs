@@ -1,11 +1,12 @@
 //! UNet and text-encoder output of a quantised model vs f32, for full-size checkpoints (the
 //! tests enforce the same bounds on the fixtures):
 //!
-//!   cargo run --example quant_quality -- MODEL_DIR [LATENT_SIZE]
+//!   cargo run --example quant_quality -- MODEL_DIR [LATENT_SIZE] [OVERRIDES]
 //!
 //! Runs one UNet call on seeded latents (default 8×8 latents, i.e. a 64×64 image, so that
 //! full-size UNets finish on a CPU Vulkan driver) and one text-encoder call, with f32
-//! weights, q8_0 and q4_0 (default policies), and prints cosine similarities as JSON.
+//! weights, q8_0 and q4_0 (default policies, plus OVERRIDES as `--quant-override` takes them,
+//! e.g. `ff.net=q4_0` to try a policy), and prints cosine similarities as JSON.
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +57,7 @@ fn main() {
             .expect("usage: quant_quality MODEL_DIR [LATENT_SIZE]"),
     );
     let size: usize = args.next().map_or(8, |s| s.parse().expect("latent size"));
+    let overrides = args.next().unwrap_or_default();
     let device = Device::wgpu_options().init().expect("a wgpu adapter");
     let unet_config = || {
         UNet2DConditionConfig::from_reader(
@@ -82,7 +84,11 @@ fn main() {
     let mut results = Vec::new();
     let mut reference: Option<(Vec<f32>, Vec<f32>)> = None;
     for ty in [None, Some(QuantType::Q8_0), Some(QuantType::Q4_0)] {
-        let policy = ty.map(QuantPolicy::new);
+        let policy = ty.map(|t| {
+            QuantPolicy::new(t)
+                .with_overrides(&overrides)
+                .expect("overrides")
+        });
         let t0 = std::time::Instant::now();
         let te_store = store(&dir, "text_encoder", "model", policy.clone(), &device);
         let te = ClipTextModel::load(&te_store.root(), te_config()).unwrap();
