@@ -230,12 +230,9 @@ fn vae_runs_within_a_small_binding_limit() {
     assert!(diff <= 1e-5, "encode under the limit differs by {diff}");
 }
 
+/// Max abs difference (`errors` also checks both are finite).
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    errors(a, b).0
 }
 
 #[test]
