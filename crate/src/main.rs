@@ -135,6 +135,10 @@ struct GenOpts {
     /// `dequantize` (burn dequantises each weight into a transient buffer, then matmul/conv).
     #[arg(long, default_value = "fused", value_parser = ["fused", "dequantize"])]
     quant_kernel: String,
+    /// How attention computes: `gemm` (two autotuned GEMMs per query chunk), `fused` (burn's
+    /// attention kernel), or `auto` (fused on CPU adapters such as lavapipe, else gemm).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "gemm", "fused"])]
+    attention: String,
 }
 
 /// The policy for `--quantize TYPE --quant-override SPEC`.
@@ -223,6 +227,11 @@ fn run(
     };
     eprintln!("compute precision: {dtype:?}");
     sdweb::kernels::set_fused_quantized_kernels(opts.quant_kernel == "fused");
+    sdweb::kernels::set_attention_kernel(match opts.attention.as_str() {
+        "gemm" => sdweb::kernels::AttentionKernel::Gemm,
+        "fused" => sdweb::kernels::AttentionKernel::Fused,
+        _ => sdweb::kernels::AttentionKernel::Auto,
+    });
     let policy = opts
         .quantize
         .as_deref()
@@ -434,7 +443,7 @@ fn run(
             "width": width, "height": height, "steps": request.steps, "cfg": request.guidance > 1.0,
             "precision": format!("{dtype:?}"), "scheduler": out.scheduler.name(),
             "quantize": opts.quantize.as_deref().unwrap_or("none"),
-            "quant_kernel": &opts.quant_kernel,
+            "quant_kernel": &opts.quant_kernel, "attention": &opts.attention,
             "dry_run": mode.dry_run,
             "weights_on_disk_bytes": model_bytes_on_disk(&opts.model, dtype == DType::F16),
             "gpu_bytes_after_load": weight_bytes,

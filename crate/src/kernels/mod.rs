@@ -5,7 +5,7 @@
 //! of a weight is ever written. The burn path (dequantise, then matmul/conv) is their oracle in
 //! `tests/quant_kernels.rs` and the fallback wherever a kernel does not apply.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use burn::backend::wgpu::{
     CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
@@ -33,6 +33,39 @@ pub fn set_fused_quantized_kernels(on: bool) {
 
 pub fn fused_quantized_kernels() -> bool {
     FUSED.load(Ordering::Relaxed)
+}
+
+/// How attention is computed (see `models::nn::scaled_dot_product_attention`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// `Fused` on CPU adapters (lavapipe, SwiftShader), `Gemm` on GPUs.
+    Auto,
+    /// Two autotuned GEMMs per query chunk, softmax in between.
+    Gemm,
+    /// burn's fused attention kernel.
+    Fused,
+}
+
+static ATTENTION: AtomicU8 = AtomicU8::new(0);
+
+pub fn set_attention_kernel(kernel: AttentionKernel) {
+    ATTENTION.store(kernel as u8, Ordering::Relaxed);
+}
+
+pub fn attention_kernel() -> AttentionKernel {
+    match ATTENTION.load(Ordering::Relaxed) {
+        1 => AttentionKernel::Gemm,
+        2 => AttentionKernel::Fused,
+        _ => AttentionKernel::Auto,
+    }
+}
+
+/// Whether `t` lives on an adapter that is no card (a CPU driver: lavapipe, SwiftShader; in
+/// the browser, a fallback adapter).
+pub fn on_cpu_adapter<const D: usize>(t: &Tensor<D>) -> bool {
+    t.clone()
+        .try_into_primitive::<Wgpu>()
+        .is_ok_and(|t| t.client.properties().identity.physical.is_none())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
