@@ -55,7 +55,17 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// The fixture component `model_tiny/component`, quantised on load as `policy` says.
 fn store(model: &str, component: &str, stem: &str, policy: Option<QuantPolicy>) -> TensorStore {
-    let dir = fixtures().join(format!("{model}_tiny")).join(component);
+    let dir = fixtures().join(format!("{model}_tiny"));
+    store_at(&dir, component, stem, policy)
+}
+
+fn store_at(
+    model_dir: &std::path::Path,
+    component: &str,
+    stem: &str,
+    policy: Option<QuantPolicy>,
+) -> TensorStore {
+    let dir = model_dir.join(component);
     let mut store = TensorStore::new(&device(), DType::F32, dir.display().to_string());
     if let Some(policy) = policy {
         store.set_quantization(policy, component);
@@ -153,6 +163,68 @@ fn psnr(a: &[u8], b: &[u8]) -> f64 {
 
 /// `sdweb quantize` output loads as a normal model with its weights still quantised, and
 /// end-to-end images stay near f32 for every scheduler (PSNR printed for the notes).
+/// `sdweb quantize` stores the token embedding quantised too (the download shrinks; at SD 1.5
+/// size q4_0 saves 55 of its 76 MB), and the loader dequantises it into row shards: the text
+/// encoder stays within the bounds, with the embedding's own share of the error shown apart.
+#[test]
+fn stored_token_embedding_is_dequantised_at_load() {
+    let out = std::env::temp_dir().join(format!("sdweb-embedding-{}", std::process::id()));
+    for model in ["sd1", "sd2"] {
+        let f32_te = text_encoder_output(model, &store(model, "text_encoder", "model", None));
+        for (ty, bound) in [(QuantType::Q8_0, 0.999), (QuantType::Q4_0, 0.99)] {
+            let policy = QuantPolicy::new(ty);
+            let dir = out.join(format!("{model}-{}", ty.name()));
+            let fixture = fixtures().join(format!("{model}_tiny"));
+            sdweb::weights::quantize_model::quantize_folder(&fixture, &dir, Some(&policy)).unwrap();
+            let file = dir.join("text_encoder/model.safetensors");
+            let header = safetensors_header(&file);
+            let (name, entry) = header
+                .iter()
+                .find(|(k, _)| k.ends_with("token_embedding.weight"))
+                .expect("token embedding in the quantised file");
+            let stored = policy
+                .choose_stored("text_encoder", name, &[49408, 32])
+                .unwrap();
+            assert_eq!(entry["dtype"], "U8", "{name}: {entry}");
+            assert_eq!(
+                entry["shape"],
+                serde_json::json!([49408, 1, stored.block_bytes()]),
+                "{name}"
+            );
+            let loaded = store_at(&dir, "text_encoder", "model", None);
+            assert_eq!(
+                loaded.quant_type(name),
+                None,
+                "the table is dense on the GPU"
+            );
+            let te = cosine(&text_encoder_output(model, &loaded), &f32_te);
+            // The same layer weights quantised on load, with the f32 embedding.
+            let on_load = store(model, "text_encoder", "model", Some(policy));
+            let layers_only = cosine(&text_encoder_output(model, &on_load), &f32_te);
+            eprintln!(
+                "{model} {}: text encoder cosine {te:.6} (embedding {}), {layers_only:.6} with an f32 embedding",
+                ty.name(),
+                stored.name()
+            );
+            assert!(
+                te >= bound,
+                "{model} {ty:?}: text encoder cosine {te} < {bound}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// The JSON header of a safetensors file, tensors only.
+fn safetensors_header(file: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
+    let bytes = std::fs::read(file).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    header.remove("__metadata__");
+    header
+}
+
 #[test]
 fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
     let out = std::env::temp_dir().join(format!("sdweb-quant-{}", std::process::id()));

@@ -79,6 +79,42 @@ fn row_shards_stream_and_read_back_exactly() {
     assert!(sharded > 5, "only {sharded} tensors were sharded");
 }
 
+/// A token embedding stored as q4_0 blocks (`sdweb quantize`) streams into dense row shards
+/// equal to the CPU dequantisation of the file's blocks.
+#[test]
+fn quantised_embedding_table_streams_into_dense_row_shards() {
+    use sdweb::weights::quant::dequantize_blocks;
+    use sdweb::weights::{QuantPolicy, QuantType};
+    let out = std::env::temp_dir().join(format!("sdweb-stream-q4-{}", std::process::id()));
+    let policy = QuantPolicy::new(QuantType::Q4_0);
+    sdweb::weights::quantize_model::quantize_folder(
+        &fixtures().join("sd1_tiny"),
+        &out,
+        Some(&policy),
+    )
+    .unwrap();
+    let bytes = std::fs::read(out.join("text_encoder/model.safetensors")).unwrap();
+    std::fs::remove_dir_all(&out).ok();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let (name, entry) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with("token_embedding.weight"))
+        .unwrap();
+    assert_eq!(entry["shape"], serde_json::json!([49408, 1, 18]), "{name}");
+    let [begin, end] = [0, 1].map(|i| entry["data_offsets"][i].as_u64().unwrap() as usize);
+    let expected = dequantize_blocks(&bytes[8 + len + begin..8 + len + end], QuantType::Q4_0);
+
+    // 4 KiB shards: 32 rows of 32 f32 each.
+    let store = stream_into(&bytes, 3001, 4096);
+    let shards = store.root().get_row_shards(name, [49408, 32]).unwrap();
+    assert_eq!(shards.len(), 49408_usize.div_ceil(32));
+    let got: Vec<f32> = shards.into_iter().flat_map(to_vec).collect();
+    assert_eq!(got, expected);
+}
+
 #[test]
 fn short_and_long_streams_are_errors() {
     let bytes = std::fs::read(fixtures().join(UNET)).unwrap();

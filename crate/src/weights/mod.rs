@@ -146,6 +146,9 @@ enum Encoding {
     QuantizeTo(QuantType),
     /// Already GGUF blocks (our quantised files, GGUF checkpoints).
     Blocks(QuantType),
+    /// GGUF blocks of a table looked up by row (a token embedding stored quantised):
+    /// dequantised on the CPU into dense row shards.
+    DequantizeBlocks(QuantType),
 }
 
 /// A tensor being received piece by piece, see [`TensorStore::begin_tensor`].
@@ -275,6 +278,9 @@ impl TensorStore {
     pub fn begin_tensor(&self, name: &str, dtype: StorageDType, shape: &[usize]) -> PendingTensor {
         let total_elems: usize = shape.iter().product();
         let encoding = self.encoding_for(name, dtype, shape);
+        if let Encoding::DequantizeBlocks(ty) = encoding {
+            return self.begin_dequantized_table(name, ty, shape);
+        }
         if encoding != Encoding::Dense {
             // Quantised tensors are small enough to assemble whole (≤ 1/4 of their f32 size).
             let total_bytes = total_elems * dtype.size_bytes();
@@ -317,10 +323,36 @@ impl TensorStore {
         }
     }
 
+    /// A quantised `[rows, blocks, block bytes]` table whose row shards are uploaded dense, in
+    /// the compute dtype, each within `max_tensor_bytes` as [`Self::begin_tensor`]'s are.
+    fn begin_dequantized_table(&self, name: &str, ty: QuantType, shape: &[usize]) -> PendingTensor {
+        let (rows, blocks) = (shape[0], shape[1]);
+        let row_len = blocks * quant::BLOCK;
+        let row_bytes = blocks * ty.block_bytes();
+        let elem_bytes = if self.dtype == DType::F16 { 2 } else { 4 };
+        let rows_per_shard = (self.max_tensor_bytes / (row_len * elem_bytes).max(1)).max(1);
+        PendingTensor {
+            name: name.to_string(),
+            dtype: StorageDType::U8,
+            shape: vec![rows, row_len],
+            shard_bytes: (rows_per_shard * row_bytes).max(1),
+            total_bytes: rows * row_bytes,
+            received: 0,
+            buffer: Vec::new(),
+            shards: Vec::new(),
+            encoding: Encoding::DequantizeBlocks(ty),
+            quantized: None,
+        }
+    }
+
     fn encoding_for(&self, name: &str, dtype: StorageDType, shape: &[usize]) -> Encoding {
         if dtype == StorageDType::U8 {
-            if let [_, _, block] = *shape {
+            if let [rows, blocks, block] = *shape {
                 if let Some(ty) = QuantType::from_block_bytes(block) {
+                    let logical = [rows, blocks.saturating_mul(quant::BLOCK)];
+                    if QuantPolicy::is_embedding_table(name, &logical) {
+                        return Encoding::DequantizeBlocks(ty);
+                    }
                     return Encoding::Blocks(ty);
                 }
             }
@@ -405,6 +437,9 @@ impl TensorStore {
                 let tensor = quant::upload_blocks(&bytes, ty, rows, row_len, &self.device);
                 pending.quantized = Some((ty, tensor));
             }
+            Encoding::DequantizeBlocks(ty) => pending
+                .shards
+                .push(self.upload(quant::dequantize_blocks(&bytes, ty))),
         }
     }
 

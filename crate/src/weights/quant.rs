@@ -199,11 +199,17 @@ pub fn upload_blocks(
 /// Which tensors are quantised, and to what. Every linear and conv weight whose rows are
 /// whole blocks gets `default`, except where an override matches: user overrides first, then
 /// the built-in ones for q4_0, which keep the text encoder and the UNet's transformer blocks
-/// (`attentions`) at q8_0, except the blocks' feed-forward layers (`.ff.net`, 158 of the
-/// 284 MB of SD 1.5's transformer weights at q8_0). Measured UNet cosine vs f32 on the
-/// fixtures (sd1/sd2): this policy 0.9921/0.9920; `attentions` wholly at q8_0 0.9924/0.9922;
-/// cross-attention and `proj_in/out` at q4_0 too 0.9874 (below the 0.99 bound); all-q4_0
-/// 0.986/0.988. The full-size SD 1.5 text encoder at q4_0 reaches 0.965 (q8_0: 0.9999).
+/// (`attentions`) at q8_0, except the blocks' feed-forward layers (`.ff.net`) and the
+/// cross-attention projections of the text context (`.attn2.to_k`, `.attn2.to_v`).
+/// Quantised files also store the CLIP token embedding quantised ([`Self::choose_stored`]):
+/// q4_0 under the q4_0 policy, which the loader dequantises into dense row shards again.
+/// SD 1.5 q4_0 is then a 698,585,856 B download (835 MB with all of `attentions` and the
+/// embedding unquantised). Measured on the fixtures (sd1/sd2), cosine vs f32:
+/// - UNet: this policy 0.9917/0.9920; `attentions` wholly at q8_0 0.9924/0.9922; with
+///   `proj_in/out` at q4_0 too 0.9878, with all of cross-attention and `proj_in/out` 0.9874
+///   (below the 0.99 bound); all-q4_0 0.986/0.988.
+/// - text encoder: 0.9971/0.9985 with the q4_0 embedding, 0.99995 with q8_0 layers only. The
+///   full-size SD 1.5 text encoder with its layers at q4_0 reaches 0.965 (q8_0: 0.9999).
 /// `--quant-override text_encoder/=q4_0,attentions=q4_0` gives all-q4_0.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantPolicy {
@@ -217,8 +223,11 @@ impl QuantPolicy {
     pub fn new(default: QuantType) -> Self {
         let overrides = match default {
             QuantType::Q4_0 => vec![
+                ("token_embedding".to_string(), Some(QuantType::Q4_0)),
                 ("text_encoder/".to_string(), Some(QuantType::Q8_0)),
                 (".ff.net".to_string(), Some(QuantType::Q4_0)),
+                (".attn2.to_k".to_string(), Some(QuantType::Q4_0)),
+                (".attn2.to_v".to_string(), Some(QuantType::Q4_0)),
                 ("attentions".to_string(), Some(QuantType::Q8_0)),
             ],
             QuantType::Q8_0 => Vec::new(),
@@ -264,6 +273,30 @@ impl QuantPolicy {
             && shape[0] >= 8
             && shape[1..].iter().product::<usize>().is_multiple_of(BLOCK)
             && shape[1..].iter().product::<usize>() >= BLOCK
+    }
+
+    /// Whether `name` is a token-embedding table whose rows are whole blocks: it may be
+    /// *stored* quantised (the download shrinks), but is dequantised into row shards at load,
+    /// since it is looked up by row.
+    pub fn is_embedding_table(name: &str, shape: &[usize]) -> bool {
+        name.ends_with("token_embedding.weight")
+            && shape.len() == 2
+            && shape[1] >= BLOCK
+            && shape[1].is_multiple_of(BLOCK)
+    }
+
+    /// The type a quantised file (`sdweb quantize`, the browser's cache) stores `name` in:
+    /// layer weights as [`Self::choose`], and the token embedding too (first matching
+    /// override, else `default`), which the loader dequantises again.
+    pub fn choose_stored(&self, component: &str, name: &str, shape: &[usize]) -> Option<QuantType> {
+        if !Self::is_embedding_table(name, shape) {
+            return self.choose(component, name, shape);
+        }
+        let full = format!("{component}/{name}");
+        self.overrides
+            .iter()
+            .find(|(pattern, _)| full.contains(pattern.as_str()))
+            .map_or(Some(self.default), |(_, ty)| *ty)
     }
 
     /// The type for tensor `name` of `component` (text_encoder, unet, vae), or None to keep
@@ -356,6 +389,31 @@ mod tests {
         assert_eq!(p.choose("unet", attn, &[320, 1280]), Some(QuantType::Q8_0));
         let ff = "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2.weight";
         assert_eq!(p.choose("unet", ff, &[320, 1280]), Some(QuantType::Q4_0));
+        let context_k = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight";
+        assert_eq!(
+            p.choose("unet", context_k, &[320, 768]),
+            Some(QuantType::Q4_0)
+        );
+        // The token embedding: never quantised on the GPU, stored quantised in files.
+        let table = "text_model.embeddings.token_embedding.weight";
+        assert_eq!(p.choose("text_encoder", table, &[49408, 768]), None);
+        assert_eq!(
+            p.choose_stored("text_encoder", table, &[49408, 768]),
+            Some(QuantType::Q4_0)
+        );
+        assert_eq!(
+            QuantPolicy::new(QuantType::Q8_0).choose_stored("text_encoder", table, &[49408, 768]),
+            Some(QuantType::Q8_0)
+        );
+        let kept = QuantPolicy::new(QuantType::Q4_0)
+            .with_overrides("token_embedding=f16")
+            .unwrap();
+        assert_eq!(
+            kept.choose_stored("text_encoder", table, &[49408, 768]),
+            None
+        );
+        let position = "text_model.embeddings.position_embedding.weight";
+        assert_eq!(p.choose_stored("text_encoder", position, &[77, 768]), None);
         let all_q4 = QuantPolicy::new(QuantType::Q4_0)
             .with_overrides("attentions=q4_0")
             .unwrap();

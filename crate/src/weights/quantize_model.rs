@@ -170,7 +170,7 @@ impl TensorSink for QuantizeSink {
             let output = match self
                 .policy
                 .as_ref()
-                .and_then(|p| p.choose(&self.component, name, &entry.shape))
+                .and_then(|p| p.choose_stored(&self.component, name, &entry.shape))
             {
                 Some(ty) if float => Output::Blocks(ty),
                 _ if float && entry.dtype != StorageDType::F16 => Output::F16,
@@ -230,17 +230,23 @@ impl TensorSink for QuantizeSink {
     }
 
     fn finish(&mut self, pending: PendingOutput) {
-        match pending.output {
-            Output::Copy => self.out.extend(pending.bytes),
-            Output::F16 => self.out.extend(
-                to_f32(&pending.bytes, pending.dtype)
-                    .into_iter()
-                    .flat_map(|v| half::f16::from_f32(v).to_le_bytes()),
-            ),
-            Output::Blocks(ty) => self.out.extend(quant::quantize_blocks(
-                &to_f32(&pending.bytes, pending.dtype),
-                ty,
-            )),
+        if matches!(pending.output, Output::Copy) {
+            self.out.extend(pending.bytes);
+            return;
+        }
+        // In pieces of 2^20 values (whole blocks, as rows are): no f32 copy of a whole
+        // embedding table (152 MB) in the browser's heap.
+        let piece = (1 << 20) * pending.dtype.size_bytes();
+        for bytes in pending.bytes.chunks(piece) {
+            let values = to_f32(bytes, pending.dtype);
+            match pending.output {
+                Output::Blocks(ty) => self.out.extend(quant::quantize_blocks(&values, ty)),
+                _ => self.out.extend(
+                    values
+                        .into_iter()
+                        .flat_map(|v| half::f16::from_f32(v).to_le_bytes()),
+                ),
+            }
         }
     }
 }
