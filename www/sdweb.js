@@ -20,10 +20,10 @@ export const MODELS = [
   // --load-only` on the full-size architectures; SD-Turbo is SD 2.1's architecture);
   // storedBytes: the quantised copy the cache keeps (`sdweb quantize` output sizes).
   { id: 'sd-turbo', name: 'SD-Turbo', url: 'https://huggingface.co/stabilityai/sd-turbo/resolve/main', downloadBytes: 2_580_000_000,
-    gpuBytes: { f16: 2_830_000_000, q8_0: 1_620_000_000, q4_0: 1_220_000_000 }, storedBytes: { q8_0: 1_421_000_000, q4_0: 1_011_000_000 },
+    gpuBytes: { f16: 2_830_000_000, q8_0: 1_620_000_000, q4_0: 1_085_000_000 }, storedBytes: { q8_0: 1_374_000_000, q4_0: 925_000_000 },
     note: '512×512 in 1–4 steps without guidance (fp16 weights, 2.6 GB download once).' },
   { id: 'sd15', name: 'Stable Diffusion 1.5', url: 'https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main', downloadBytes: 2_130_000_000,
-    gpuBytes: { f16: 2_430_000_000, q8_0: 1_350_000_000, q4_0: 950_000_000 }, storedBytes: { q8_0: 1_171_000_000, q4_0: 761_000_000 },
+    gpuBytes: { f16: 2_430_000_000, q8_0: 1_350_000_000, q4_0: 950_000_000 }, storedBytes: { q8_0: 1_136_000_000, q4_0: 697_000_000 },
     note: '512×512, 20–30 steps (fp16 weights, 2.1 GB download once).' },
 ];
 
