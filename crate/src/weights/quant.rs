@@ -203,8 +203,8 @@ pub fn upload_blocks(
 /// cross-attention projections of the text context (`.attn2.to_k`, `.attn2.to_v`).
 /// Quantised files also store the CLIP token embedding quantised ([`Self::choose_stored`]):
 /// q4_0 under the q4_0 policy, which the loader dequantises into dense row shards again.
-/// SD 1.5 q4_0 is then a 698,585,856 B download (835 MB with all of `attentions` and the
-/// embedding unquantised). Measured on the fixtures (sd1/sd2), cosine vs f32:
+/// SD 1.5 q4_0 is then a 698,585,856 B download (835 MB with all of `attentions` at q8_0
+/// and an f16 embedding). Measured on the fixtures (sd1/sd2), cosine vs f32:
 /// - UNet: this policy 0.9917/0.9920; `attentions` wholly at q8_0 0.9924/0.9922; with
 ///   `proj_in/out` at q4_0 too 0.9878, with all of cross-attention and `proj_in/out` 0.9874
 ///   (below the 0.99 bound); all-q4_0 0.986/0.988.
@@ -383,8 +383,8 @@ mod tests {
             Some(QuantType::Q8_0)
         );
         assert_eq!(p.choose("unet", "b.attn1.to_q.weight", &[320, 320]), None);
-        // Built in for q4_0: transformer blocks at q8_0 except their feed-forward layers;
-        // user overrides come first.
+        // Built in for q4_0: transformer blocks at q8_0 except their feed-forward layers and
+        // context K/V; user overrides come first.
         let attn = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.weight";
         assert_eq!(p.choose("unet", attn, &[320, 1280]), Some(QuantType::Q8_0));
         let ff = "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2.weight";
