@@ -44,7 +44,8 @@ use sdweb::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use sdweb::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use sdweb::pipeline::{GenerateRequest, StableDiffusion, StdClock};
 use sdweb::schedulers::SchedulerKind;
-use sdweb::weights::{QuantPolicy, TensorStore, find_component_file};
+use sdweb::weights::safetensors::SafetensorsHeader;
+use sdweb::weights::{QuantPolicy, StorageDType, TensorStore, find_component_file};
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
@@ -161,8 +162,6 @@ fn psnr(a: &[u8], b: &[u8]) -> f64 {
     10.0 * (255.0f64.powi(2) / mse.max(1e-10)).log10()
 }
 
-/// `sdweb quantize` output loads as a normal model with its weights still quantised, and
-/// end-to-end images stay near f32 for every scheduler (PSNR printed for the notes).
 /// `sdweb quantize` stores the token embedding quantised too (the download shrinks; at SD 1.5
 /// size q4_0 saves 55 of its 76 MB), and the loader dequantises it into row shards: the text
 /// encoder stays within the bounds, with the embedding's own share of the error shown apart.
@@ -177,20 +176,18 @@ fn stored_token_embedding_is_dequantised_at_load() {
             let fixture = fixtures().join(format!("{model}_tiny"));
             sdweb::weights::quantize_model::quantize_folder(&fixture, &dir, Some(&policy)).unwrap();
             let file = dir.join("text_encoder/model.safetensors");
-            let header = safetensors_header(&file);
+            let mut reader = std::fs::File::open(&file).unwrap();
+            let header = SafetensorsHeader::read(&mut reader, "text_encoder").unwrap();
             let (name, entry) = header
+                .tensors
                 .iter()
                 .find(|(k, _)| k.ends_with("token_embedding.weight"))
                 .expect("token embedding in the quantised file");
             let stored = policy
                 .choose_stored("text_encoder", name, &[49408, 32])
                 .unwrap();
-            assert_eq!(entry["dtype"], "U8", "{name}: {entry}");
-            assert_eq!(
-                entry["shape"],
-                serde_json::json!([49408, 1, stored.block_bytes()]),
-                "{name}"
-            );
+            assert_eq!(entry.dtype, StorageDType::U8, "{name}");
+            assert_eq!(entry.shape, [49408, 1, stored.block_bytes()], "{name}");
             let loaded = store_at(&dir, "text_encoder", "model", None);
             assert_eq!(
                 loaded.quant_type(name),
@@ -215,16 +212,8 @@ fn stored_token_embedding_is_dequantised_at_load() {
     std::fs::remove_dir_all(&out).ok();
 }
 
-/// The JSON header of a safetensors file, tensors only.
-fn safetensors_header(file: &std::path::Path) -> serde_json::Map<String, serde_json::Value> {
-    let bytes = std::fs::read(file).unwrap();
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    header.remove("__metadata__");
-    header
-}
-
+/// `sdweb quantize` output loads as a normal model with its weights still quantised, and
+/// end-to-end images stay near f32 for every scheduler (PSNR printed for the notes).
 #[test]
 fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
     let out = std::env::temp_dir().join(format!("sdweb-quant-{}", std::process::id()));

@@ -95,17 +95,17 @@ fn quantised_embedding_table_streams_into_dense_row_shards() {
     .unwrap();
     let bytes = std::fs::read(out.join("text_encoder/model.safetensors")).unwrap();
     std::fs::remove_dir_all(&out).ok();
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let header = SafetensorsHeader::read(&mut std::io::Cursor::new(&bytes), "te").unwrap();
     let (name, entry) = header
-        .as_object()
-        .unwrap()
+        .tensors
         .iter()
         .find(|(k, _)| k.ends_with("token_embedding.weight"))
         .unwrap();
-    assert_eq!(entry["shape"], serde_json::json!([49408, 1, 18]), "{name}");
-    let [begin, end] = [0, 1].map(|i| entry["data_offsets"][i].as_u64().unwrap() as usize);
-    let expected = dequantize_blocks(&bytes[8 + len + begin..8 + len + end], QuantType::Q4_0);
+    assert_eq!(entry.shape, [49408, 1, 18], "{name}");
+    let blocks = header
+        .read_tensor(&mut std::io::Cursor::new(&bytes), entry, "te")
+        .unwrap();
+    let expected = dequantize_blocks(&blocks, QuantType::Q4_0);
 
     // 4 KiB shards: 32 rows of 32 f32 each.
     let store = stream_into(&bytes, 3001, 4096);
