@@ -131,14 +131,11 @@ struct GenOpts {
     /// Per-tensor overrides for --quantize, PATTERN=q8_0|q4_0|f16 separated by commas.
     #[arg(long, default_value = "", requires = "quantize")]
     quant_override: String,
-    /// How quantised layers compute: `fused` (WGSL kernels that dequantise inside the GEMM) or
-    /// `dequantize` (burn dequantises each weight into a transient buffer, then matmul/conv).
-    #[arg(long, default_value = "fused", value_parser = ["fused", "dequantize"])]
-    quant_kernel: String,
-    /// How attention computes: `gemm` (two autotuned GEMMs per query chunk), `fused` (burn's
-    /// attention kernel), or `auto` (fused on CPU adapters such as lavapipe, else gemm).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "gemm", "fused"])]
-    attention: String,
+    /// Which kernels SD's hot ops run: `sdweb` (our WGSL kernels: flash attention, tiled GEMM and
+    /// implicit-GEMM conv, fused norms; no autotune, no subgroups) or `burn` (burn's ops, with
+    /// quantised weights dequantised first: the reference and the baseline).
+    #[arg(long, default_value = "sdweb", value_parser = sdweb::kernels::KernelPolicy::NAMES)]
+    kernels: String,
 }
 
 /// The policy for `--quantize TYPE --quant-override SPEC`.
@@ -226,12 +223,9 @@ fn run(
         _ => DType::F32,
     };
     eprintln!("compute precision: {dtype:?}");
-    sdweb::kernels::set_fused_quantized_kernels(opts.quant_kernel == "fused");
-    sdweb::kernels::set_attention_kernel(match opts.attention.as_str() {
-        "gemm" => sdweb::kernels::AttentionKernel::Gemm,
-        "fused" => sdweb::kernels::AttentionKernel::Fused,
-        _ => sdweb::kernels::AttentionKernel::Auto,
-    });
+    let kernels = sdweb::kernels::KernelPolicy::from_name(&opts.kernels)
+        .ok_or_else(|| format!("unknown kernels {}", opts.kernels))?;
+    sdweb::kernels::set_policy(kernels);
     let policy = opts
         .quantize
         .as_deref()
@@ -443,7 +437,7 @@ fn run(
             "width": width, "height": height, "steps": request.steps, "cfg": request.guidance > 1.0,
             "precision": format!("{dtype:?}"), "scheduler": out.scheduler.name(),
             "quantize": opts.quantize.as_deref().unwrap_or("none"),
-            "quant_kernel": &opts.quant_kernel, "attention": &opts.attention,
+            "kernels": &opts.kernels,
             "dry_run": mode.dry_run,
             "weights_on_disk_bytes": model_bytes_on_disk(&opts.model, dtype == DType::F16),
             "gpu_bytes_after_load": weight_bytes,

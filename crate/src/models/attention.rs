@@ -3,15 +3,14 @@
 
 use burn::tensor::Tensor;
 
-use super::nn::{
-    Conv2d, GroupNorm, LayerNorm, Linear, gelu, merge_heads, scaled_dot_product_attention,
-    split_heads,
-};
+use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, gelu, multi_head_attention};
+use crate::kernels::{self, ConvEpilogue};
 use crate::weights::{WeightError, Weights};
 
 /// diffusers `Attention` (to_q/to_k/to_v without bias, to_out.0 with bias).
 pub struct Attention {
     heads: usize,
+    head_dim: usize,
     to_q: Linear,
     to_k: Linear,
     to_v: Linear,
@@ -30,6 +29,7 @@ impl Attention {
         let inner = heads * head_dim;
         Ok(Self {
             heads,
+            head_dim,
             to_q: Linear::load(&w.pp("to_q"), query_dim, inner, qkv_bias)?,
             to_k: Linear::load(&w.pp("to_k"), context_dim, inner, qkv_bias)?,
             to_v: Linear::load(&w.pp("to_v"), context_dim, inner, qkv_bias)?,
@@ -38,13 +38,20 @@ impl Attention {
     }
 
     /// `x`: `[B, S, query_dim]`; `context`: `[B, S_k, context_dim]` (None = self-attention).
-    pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
+    /// Returns `residual + attention(x)`: the add is fused into the output projection.
+    pub fn forward_add(
+        &self,
+        x: Tensor<3>,
+        context: Option<Tensor<3>>,
+        residual: Tensor<3>,
+    ) -> Tensor<3> {
         let context = context.unwrap_or_else(|| x.clone());
-        let q = split_heads(self.to_q.forward(x), self.heads);
-        let k = split_heads(self.to_k.forward(context.clone()), self.heads);
-        let v = split_heads(self.to_v.forward(context), self.heads);
-        self.to_out
-            .forward(merge_heads(scaled_dot_product_attention(q, k, v)))
+        let q = self.to_q.forward(x);
+        let k = self.to_k.forward(context.clone());
+        let v = self.to_v.forward(context);
+        let (heads, dim) = (self.heads, self.head_dim);
+        let attended = multi_head_attention((&q).into(), (&k).into(), (&v).into(), heads, dim, false);
+        self.to_out.forward_add(attended, residual)
     }
 }
 
@@ -65,11 +72,17 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// `residual + ff(x)`, the add fused into the output projection.
+    fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let h = self.proj.forward(x);
-        let hidden = h.clone().narrow(2, 0, self.inner);
-        let gate = h.narrow(2, self.inner, self.inner);
-        self.out.forward(hidden * gelu(gate))
+        let activated = match kernels::ours().then(|| kernels::geglu(&h)).flatten() {
+            Some(a) => a,
+            None => {
+                let hidden = h.clone().narrow(2, 0, self.inner);
+                hidden * gelu(h.narrow(2, self.inner, self.inner))
+            }
+        };
+        self.out.forward_add(activated, residual)
     }
 }
 
@@ -101,12 +114,11 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
-        let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
+        let x = self.attn1.forward_add(self.norm1.forward(x.clone()), None, x);
         let x = self
             .attn2
-            .forward(self.norm2.forward(x.clone()), Some(context))
-            + x;
-        self.ff.forward(self.norm3.forward(x.clone())) + x
+            .forward_add(self.norm2.forward(x.clone()), Some(context), x);
+        self.ff.forward_add(self.norm3.forward(x.clone()), x)
     }
 }
 
@@ -180,10 +192,15 @@ impl Transformer2DModel {
         for block in &self.blocks {
             tokens = block.forward(tokens, context.clone());
         }
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(to_image(tokens)),
-            Projection::Linear(lin) => to_image(lin.forward(tokens)),
-        };
-        out + residual
+        match &self.proj_out {
+            Projection::Conv(conv) => conv.forward_fused(
+                to_image(tokens),
+                ConvEpilogue {
+                    residual: Some(&residual),
+                    ..Default::default()
+                },
+            ),
+            Projection::Linear(lin) => to_image(lin.forward(tokens)) + residual,
+        }
     }
 }

@@ -4,7 +4,7 @@ use burn::tensor::{DType, Tensor};
 use serde_json::json;
 
 use super::nn::{
-    Conv2d, GroupNorm, Linear, merge_heads, scaled_dot_product_attention, silu, split_heads,
+    Conv2d, GroupNorm, Linear, multi_head_attention,
 };
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::row_bands::{MAX_BAND_BYTES, RowBands, activation_bytes, band_count};
@@ -108,12 +108,11 @@ impl VaeAttention {
             .forward(x.clone())
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
-        let q = split_heads(self.to_q.forward(tokens.clone()), 1);
-        let k = split_heads(self.to_k.forward(tokens.clone()), 1);
-        let v = split_heads(self.to_v.forward(tokens), 1);
-        let out = self
-            .to_out
-            .forward(merge_heads(scaled_dot_product_attention(q, k, v)));
+        let q = self.to_q.forward(tokens.clone());
+        let k = self.to_k.forward(tokens.clone());
+        let v = self.to_v.forward(tokens);
+        let attended = multi_head_attention((&q).into(), (&k).into(), (&v).into(), 1, c, false);
+        let out = self.to_out.forward(attended);
         out.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 }
@@ -323,8 +322,7 @@ impl AutoencoderKL {
                 h = up.forward_bands(h);
             }
         }
-        h.group_norm(&d.norm_out)
-            .map(silu)
+        h.group_norm_silu(&d.norm_out)
             .conv(&d.conv_out)
             .concat()
     }
@@ -358,7 +356,7 @@ impl AutoencoderKL {
         // The lowest resolution (1/8 of the image) is small enough to bind whole.
         let h = e
             .conv_out
-            .forward(silu(e.norm_out.forward(e.mid.forward(h.concat()))));
+            .forward(e.norm_out.forward_silu(e.mid.forward(h.concat())));
         let moments = match &self.quant_conv {
             Some(conv) => conv.forward(h),
             None => h,

@@ -2,10 +2,9 @@
 //! exported with its last layer removed). We return `last_hidden_state`, which is what
 //! diffusers' StableDiffusionPipeline feeds the UNet.
 
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::nn::{LayerNorm, Linear, gelu, merge_heads, quick_gelu, split_heads};
+use super::nn::{LayerNorm, Linear, gelu, multi_head_attention, quick_gelu};
 use crate::config::{ConfigError, ConfigReader};
 use crate::weights::{WeightError, Weights};
 
@@ -197,25 +196,20 @@ impl ClipTextModel {
             .collect();
         let mut x: Tensor<3> = Tensor::stack(embedded, 0);
         let heads = self.config.num_attention_heads;
-        let causal = AttentionModuleOptions {
-            is_causal: true,
-            ..Default::default()
-        };
+        let head_dim = self.config.hidden_size / heads;
         for layer in &self.layers {
-            let residual = x.clone();
-            let h = layer.layer_norm1.forward(x);
-            let q = split_heads(layer.q_proj.forward(h.clone()), heads);
-            let k = split_heads(layer.k_proj.forward(h.clone()), heads);
-            let v = split_heads(layer.v_proj.forward(h), heads);
-            let a = burn::tensor::module::attention(q, k, v, None, None, causal.clone());
-            x = residual + layer.out_proj.forward(merge_heads(a));
-            let residual = x.clone();
-            let h = layer.fc1.forward(layer.layer_norm2.forward(x));
+            let h = layer.layer_norm1.forward(x.clone());
+            let q = layer.q_proj.forward(h.clone());
+            let k = layer.k_proj.forward(h.clone());
+            let v = layer.v_proj.forward(h);
+            let a = multi_head_attention((&q).into(), (&k).into(), (&v).into(), heads, head_dim, true);
+            x = layer.out_proj.forward_add(a, x);
+            let h = layer.fc1.forward(layer.layer_norm2.forward(x.clone()));
             let h = match self.config.hidden_act {
                 HiddenAct::QuickGelu => quick_gelu(h),
                 HiddenAct::Gelu => gelu(h),
             };
-            x = residual + layer.fc2.forward(h);
+            x = layer.fc2.forward_add(h, x);
         }
         self.final_layer_norm.forward(x)
     }

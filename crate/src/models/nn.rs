@@ -5,22 +5,16 @@ use burn::tensor::module::{attention, conv2d, interpolate, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Tensor};
 
-use crate::kernels;
+use crate::kernels::{self, ConvEpilogue, Heads};
 use crate::weights::{LayerWeight, WeightError, Weights};
 
-/// The fused quantised kernels always add a bias: a `bias=False` layer with a quantised weight
-/// gets zeros once at load, instead of a fresh zero buffer on every call.
-fn zero_bias_for_kernel<const D: usize>(
-    w: &Weights,
-    weight: &LayerWeight<D>,
-    out: usize,
-) -> Option<Tensor<1>> {
-    match weight {
-        // In the compute dtype, like every stored bias (the dense fallback adds it as is).
-        LayerWeight::Quantized { .. } => {
-            Some(Tensor::<1>::zeros([out], w.device()).cast(w.dtype()))
-        }
-        LayerWeight::Dense(_) => None,
+/// The kernels always add a bias: a `bias=False` layer gets zeros once at load, instead of a
+/// fresh zero buffer on every call.
+fn bias_for_kernels(w: &Weights, bias: &Option<Tensor<1>>, out: usize) -> Tensor<1> {
+    match bias {
+        Some(b) => b.clone(),
+        // In the compute dtype, like every stored bias.
+        None => Tensor::<1>::zeros([out], w.device()).cast(w.dtype()),
     }
 }
 
@@ -30,6 +24,7 @@ fn zero_bias_for_kernel<const D: usize>(
 pub struct Linear {
     weight: LayerWeight<2>,
     bias: Option<Tensor<1>>,
+    kernel_bias: Tensor<1>,
 }
 
 impl Linear {
@@ -40,29 +35,61 @@ impl Linear {
         bias: bool,
     ) -> Result<Self, WeightError> {
         let weight = w.get_layer_weight::<2>("weight", [out_dim, in_dim])?;
-        let bias = if bias {
-            Some(w.get::<1>("bias", [out_dim])?)
-        } else {
-            zero_bias_for_kernel(w, &weight, out_dim)
-        };
-        Ok(Self { weight, bias })
+        let bias = bias.then(|| w.get::<1>("bias", [out_dim])).transpose()?;
+        let kernel_bias = bias_for_kernels(w, &bias, out_dim);
+        Ok(Self {
+            weight,
+            bias,
+            kernel_bias,
+        })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.kernel_bias.dims()[0]
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if let LayerWeight::Quantized { ty, matrix, shape } = &self.weight
-            && kernels::fused_quantized_kernels()
-        {
-            let dims = x.dims();
+        self.forward_impl(x, None)
+    }
+
+    /// `forward(x) + residual`, the add fused into the GEMM where the kernels run.
+    pub fn forward_add<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        self.forward_impl(x, Some(residual))
+    }
+
+    fn forward_impl<const D: usize>(&self, x: Tensor<D>, residual: Option<Tensor<D>>) -> Tensor<D> {
+        let dims = x.dims();
+        let mut out_dims = dims;
+        out_dims[D - 1] = self.out_features();
+        if kernels::ours() {
             let rows = dims[..D - 1].iter().product();
             let flat = x.clone().reshape([rows, dims[D - 1]]);
-            if let Some(out) = kernels::quantized_linear(&flat, matrix, *ty, self.bias.as_ref()) {
-                let mut out_dims = dims;
-                out_dims[D - 1] = shape[0];
-                return out.reshape(out_dims);
+            let out = match &self.weight {
+                LayerWeight::Quantized { ty, matrix, .. } => {
+                    kernels::quantized_linear(&flat, matrix, *ty, Some(&self.kernel_bias))
+                        .map(|out| (out, false))
+                }
+                LayerWeight::Dense(weight) => {
+                    let flat_residual =
+                        residual.clone().map(|r| r.reshape([rows, self.out_features()]));
+                    kernels::linear(&flat, weight, &self.kernel_bias, flat_residual.as_ref())
+                        .map(|out| (out, true))
+                }
+            };
+            if let Some((out, fused_residual)) = out {
+                let out = out.reshape(out_dims);
+                return match residual {
+                    Some(r) if !fused_residual => out + r,
+                    _ => out,
+                };
             }
         }
         let weight = self.weight.dense(x.dtype()).transpose();
-        burn::tensor::module::linear(x, weight, self.bias.clone())
+        let out = burn::tensor::module::linear(x, weight, self.bias.clone());
+        match residual {
+            Some(r) => out + r,
+            None => out,
+        }
     }
 }
 
@@ -70,7 +97,8 @@ impl Linear {
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     weight: LayerWeight<4>,
-    bias: Option<Tensor<1>>,
+    bias: Tensor<1>,
+    has_bias: bool,
     options: ConvOptions<2>,
 }
 
@@ -96,7 +124,8 @@ impl Conv2d {
     ) -> Result<Self, WeightError> {
         Ok(Self {
             weight: w.get_layer_weight::<4>("weight", [out_ch, in_ch, kernel, kernel])?,
-            bias: Some(w.get::<1>("bias", [out_ch])?),
+            bias: w.get::<1>("bias", [out_ch])?,
+            has_bias: true,
             options,
         })
     }
@@ -110,16 +139,21 @@ impl Conv2d {
         stride: usize,
         padding: usize,
     ) -> Result<Self, WeightError> {
-        let weight = w.get_layer_weight::<4>("weight", [out_ch, in_ch, kernel, kernel])?;
         Ok(Self {
-            bias: zero_bias_for_kernel(w, &weight, out_ch),
-            weight,
+            weight: w.get_layer_weight::<4>("weight", [out_ch, in_ch, kernel, kernel])?,
+            bias: bias_for_kernels(w, &None, out_ch),
+            has_bias: false,
             options: ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
         })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.forward_with(x, &self.options)
+        self.forward_with(x, &self.options, ConvEpilogue::default())
+    }
+
+    /// The conv with additions fused into its output (see [`ConvEpilogue`]).
+    pub fn forward_fused(&self, x: Tensor<4>, epilogue: ConvEpilogue) -> Tensor<4> {
+        self.forward_with(x, &self.options, epilogue)
     }
 
     /// Kernel height, row stride and (top, bottom) row padding.
@@ -135,20 +169,45 @@ impl Conv2d {
     pub fn forward_with_row_padding(&self, x: Tensor<4>, rows: (usize, usize)) -> Tensor<4> {
         let mut options = self.options.clone();
         options.padding[0] = rows;
-        self.forward_with(x, &options)
+        self.forward_with(x, &options, ConvEpilogue::default())
     }
 
-    fn forward_with(&self, x: Tensor<4>, options: &ConvOptions<2>) -> Tensor<4> {
-        if let LayerWeight::Quantized { ty, matrix, shape } = &self.weight
-            && kernels::fused_quantized_kernels()
-            && let Some(out) =
-                kernels::quantized_conv2d(&x, matrix, *shape, *ty, self.bias.as_ref(), options)
-        {
-            return out;
+    fn forward_with(&self, x: Tensor<4>, options: &ConvOptions<2>, epilogue: ConvEpilogue) -> Tensor<4> {
+        if kernels::ours() {
+            match &self.weight {
+                LayerWeight::Dense(weight) => {
+                    if let Some(out) = kernels::conv2d(&x, weight, &self.bias, options, epilogue) {
+                        return out;
+                    }
+                }
+                // The quantised kernel has no epilogue: burn adds it.
+                LayerWeight::Quantized { ty, matrix, shape } => {
+                    let input = if epilogue.upsample { upsample_nearest_2x(x.clone()) } else { x.clone() };
+                    let bias = Some(&self.bias);
+                    if let Some(out) = kernels::quantized_conv2d(&input, matrix, *shape, *ty, bias, options) {
+                        return add_epilogue(out, &epilogue);
+                    }
+                }
+            }
         }
+        let x = if epilogue.upsample { upsample_nearest_2x(x) } else { x };
         let weight = self.weight.dense(x.dtype());
-        conv2d(x, weight, self.bias.clone(), options.clone())
+        let bias = self.has_bias.then(|| self.bias.clone());
+        add_epilogue(conv2d(x, weight, bias, options.clone()), &epilogue)
     }
+}
+
+/// The additions of `epilogue` (not its upsampling) as burn ops.
+fn add_epilogue(mut out: Tensor<4>, epilogue: &ConvEpilogue) -> Tensor<4> {
+    let dtype = out.dtype();
+    if let Some(t) = epilogue.channel_bias {
+        let [b, c] = t.dims();
+        out = out + t.clone().cast(dtype).reshape([b, c, 1, 1]);
+    }
+    if let Some(r) = epilogue.residual {
+        out = out + r.clone().cast(dtype);
+    }
+    out
 }
 
 /// torch.nn.GroupNorm over `[N, C, H, W]` (or `[N, C, L]` reshaped by the caller).
@@ -180,6 +239,36 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_bands_then(vec![x], false).pop().expect("one band")
+    }
+
+    /// `silu(forward(x))`, fused where the kernels run (diffusers' ResNet blocks).
+    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_bands_then(vec![x], true).pop().expect("one band")
+    }
+
+    /// The same norm over bands of rows of one tensor (`RowBands`): statistics over every band,
+    /// each band normalised (then `silu`'d when asked) on its own.
+    pub fn forward_bands(&self, bands: Vec<Tensor<4>>, silu: bool) -> Vec<Tensor<4>> {
+        self.forward_bands_then(bands, silu)
+    }
+
+    fn forward_bands_then(&self, bands: Vec<Tensor<4>>, then_silu: bool) -> Vec<Tensor<4>> {
+        if kernels::ours()
+            && let Some(out) =
+                kernels::group_norm(&bands, self.groups, &self.gamma, &self.beta, self.eps, then_silu)
+        {
+            return out;
+        }
+        let out = if bands.len() == 1 {
+            vec![self.burn_forward(bands.into_iter().next().expect("one band"))]
+        } else {
+            self.burn_forward_bands(bands)
+        };
+        if then_silu { out.into_iter().map(silu).collect() } else { out }
+    }
+
+    fn burn_forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [n, c, h, wd] = x.dims();
         // Statistics in f32 even on the f16 path: a group holds up to ~1 M values.
         let dtype = x.dtype();
@@ -194,9 +283,7 @@ impl GroupNorm {
         self.scale_shift(centered / (var + self.eps).sqrt(), [n, c, h, wd], dtype)
     }
 
-    /// The same norm over bands of rows of one tensor (`RowBands`): statistics summed over
-    /// every band, each band normalised on its own.
-    pub fn forward_bands(&self, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
+    fn burn_forward_bands(&self, bands: Vec<Tensor<4>>) -> Vec<Tensor<4>> {
         let [_, c, _, _] = bands[0].dims();
         let rows: usize = bands.iter().map(|b| b.dims()[2]).sum();
         let count = ((c / self.groups) * rows) as f64;
@@ -254,6 +341,11 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if kernels::ours()
+            && let Some(out) = kernels::layer_norm(&x, &self.gamma, &self.beta, self.eps)
+        {
+            return out;
+        }
         let dtype = x.dtype();
         if dtype == DType::F32 {
             return layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), self.eps);
@@ -321,8 +413,44 @@ fn over_query_chunks(
     Tensor::cat(outputs, 2)
 }
 
-/// Scaled dot-product attention on `[B, H, S, Dh]`. Which implementation runs is measured,
-/// per adapter kind (`kernels::AttentionKernel`, overridable):
+/// Multi-head attention on token rows `[B, S, heads · head_dim]` (q, k, v possibly column
+/// ranges of one tensor, see [`Heads`]) → `[B, Sq, heads · head_dim]`.
+/// - sdweb's kernels: [`kernels::flash_attention`], which never writes the scores.
+/// - [`kernels::KernelPolicy::Burn`]: burn's attention on split heads, chunked over queries:
+///   its fused kernel on CPU adapters, two GEMMs on GPUs ([`scaled_dot_product_attention`]).
+pub fn multi_head_attention(
+    q: Heads,
+    k: Heads,
+    v: Heads,
+    heads: usize,
+    head_dim: usize,
+    causal: bool,
+) -> Tensor<3> {
+    if kernels::ours()
+        && let Some(out) = kernels::flash_attention(q, k, v, heads, head_dim, causal)
+    {
+        return out;
+    }
+    let split = |h: Heads| {
+        let [b, s, _] = h.tokens.dims();
+        let cols = h.tokens.clone().narrow(2, h.column, heads * head_dim);
+        split_heads(cols.reshape([b, s, heads * head_dim]), heads)
+    };
+    let (q, k, v) = (split(q), split(k), split(v));
+    let out = if causal {
+        let options = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
+        attention(q, k, v, None, None, options)
+    } else {
+        scaled_dot_product_attention(q, k, v)
+    };
+    merge_heads(out)
+}
+
+/// burn's scaled dot-product attention on `[B, H, S, Dh]`, as [`kernels::KernelPolicy::Burn`]
+/// runs it, per adapter kind:
 /// - GPUs: [`gemm_attention`]. burn's fused kernel has no tensor-core candidate there; on an
 ///   H100 (Vulkan) SD 1.5's 4096-token self-attention at 512×512 took 10.4 ms per 128-query
 ///   chunk (0.2 TFLOP/s), 1.7 s of a 2.0 s UNet step, and the VAE's 512-wide single-head
@@ -330,15 +458,10 @@ fn over_query_chunks(
 /// - CPU adapters (lavapipe, SwiftShader): [`fused_attention`], which never writes the
 ///   scores: there the GEMM path made a fixture UNet step at 256×256 8× slower (4.8 → 42 s).
 pub fn scaled_dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    let gemm = match kernels::attention_kernel() {
-        kernels::AttentionKernel::Gemm => true,
-        kernels::AttentionKernel::Fused => false,
-        kernels::AttentionKernel::Auto => !kernels::on_cpu_adapter(&q),
-    };
-    if gemm {
-        gemm_attention(q, k, v)
-    } else {
+    if kernels::on_cpu_adapter(&q) {
         fused_attention(q, k, v)
+    } else {
+        gemm_attention(q, k, v)
     }
 }
 

@@ -3,7 +3,8 @@
 use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
-use super::nn::{Conv2d, GroupNorm, Linear, silu, upsample_nearest_2x};
+use super::nn::{Conv2d, GroupNorm, Linear, upsample_nearest_2x};
+use crate::kernels::ConvEpilogue;
 use super::row_bands::RowBands;
 use crate::weights::{WeightError, Weights};
 
@@ -40,29 +41,33 @@ impl ResnetBlock2D {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(silu(temb.clone()));
-            let [b, c] = t.dims();
-            h = h + t.reshape([b, c, 1, 1]);
-        }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+    /// `temb_act` is `silu(temb)`, which every block of a UNet shares (diffusers applies the
+    /// SiLU in each block; the UNet computes it once).
+    pub fn forward(&self, x: Tensor<4>, temb_act: Option<&Tensor<2>>) -> Tensor<4> {
+        let t = match (&self.time_emb_proj, temb_act) {
+            (Some(proj), Some(temb_act)) => Some(proj.forward(temb_act.clone())),
+            _ => None,
+        };
+        let with_temb = ConvEpilogue {
+            channel_bias: t.as_ref(),
+            ..Default::default()
+        };
+        let h = self.conv1.forward_fused(self.norm1.forward_silu(x.clone()), with_temb);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
         };
-        shortcut + h
+        let plus_shortcut = ConvEpilogue {
+            residual: Some(&shortcut),
+            ..Default::default()
+        };
+        self.conv2.forward_fused(self.norm2.forward_silu(h), plus_shortcut)
     }
 
     /// `forward` without time embedding (the VAE's blocks) on bands of rows.
     pub fn forward_bands(&self, x: RowBands) -> RowBands {
-        let h = x
-            .clone()
-            .group_norm(&self.norm1)
-            .map(silu)
-            .conv(&self.conv1);
-        let h = h.group_norm(&self.norm2).map(silu).conv(&self.conv2);
+        let h = x.clone().group_norm_silu(&self.norm1).conv(&self.conv1);
+        let h = h.group_norm_silu(&self.norm2).conv(&self.conv2);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => x.conv(conv),
             None => x,
@@ -124,7 +129,13 @@ impl Upsample2D {
                 )
                 .with_output_size(size),
             ),
-            _ => upsample_nearest_2x(x),
+            _ => {
+                let upsampled = ConvEpilogue {
+                    upsample: true,
+                    ..Default::default()
+                };
+                return self.conv.forward_fused(x, upsampled);
+            }
         };
         self.conv.forward(up)
     }

@@ -149,11 +149,15 @@ impl RowBands {
 
     /// `norm` with its statistics over every band, as on the whole tensor.
     pub fn group_norm(self, norm: &GroupNorm) -> Self {
-        if self.len() == 1 {
-            return self.map(|x| norm.forward(x));
-        }
         Self {
-            bands: norm.forward_bands(self.bands),
+            bands: norm.forward_bands(self.bands, false),
+        }
+    }
+
+    /// `silu(norm(x))`, fused where the kernels run.
+    pub fn group_norm_silu(self, norm: &GroupNorm) -> Self {
+        Self {
+            bands: norm.forward_bands(self.bands, true),
         }
     }
 }

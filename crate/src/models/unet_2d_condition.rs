@@ -358,6 +358,8 @@ impl UNet2DConditionModel {
         let temb = self
             .time_linear_2
             .forward(silu(self.time_linear_1.forward(t_emb)));
+        // Every ResNet block starts with silu(temb): computed once here.
+        let temb = silu(temb);
 
         let mut h = self.conv_in.forward(sample);
         let mut skips = vec![h.clone()];
@@ -398,6 +400,6 @@ impl UNet2DConditionModel {
                 h = up.forward(h, size);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        self.conv_out.forward(self.conv_norm_out.forward_silu(h))
     }
 }

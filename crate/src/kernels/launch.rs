@@ -1,0 +1,172 @@
+//! What every WGSL kernel launch shares: the template, its id, tensor conversion, the uniform
+//! and the dispatch itself.
+
+use std::marker::PhantomData;
+
+use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous};
+use burn::backend::Wgpu;
+use burn::cubecl::ir::attributes::BufferIOAttr;
+use burn::cubecl::prelude::KernelId;
+use burn::cubecl::server::{KernelArguments, MetadataBindingInfo};
+use burn::cubecl::{CubeCount, CubeDim};
+use burn::tensor::{DType, Shape, Tensor};
+
+/// One WGSL file of `shaders/`; a type per file, so launch counts and logs name the op.
+pub trait ShaderFile: Send + Sync + 'static {
+    const TEXT: &'static str;
+}
+
+/// A WGSL file with its template parameters filled in. The parameters are the kernel's id:
+/// one compiled pipeline per distinct set.
+pub struct Shader<F: ShaderFile> {
+    params: Vec<(&'static str, String)>,
+    file: PhantomData<F>,
+}
+
+impl<F: ShaderFile> Shader<F> {
+    pub fn new(dtype: DType) -> Self {
+        Self {
+            params: vec![("elem", wgsl_type(dtype).to_string())],
+            file: PhantomData,
+        }
+        .with("enable_f16", if dtype == DType::F16 { "enable f16;" } else { "" })
+    }
+
+    pub fn with(mut self, name: &'static str, value: impl ToString) -> Self {
+        let value = value.to_string();
+        match self.params.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.params.push((name, value)),
+        }
+        self
+    }
+
+    /// A second element type (e.g. the weight's); f16 anywhere enables f16.
+    pub fn with_type(self, name: &'static str, dtype: DType) -> Self {
+        let shader = self.with(name, wgsl_type(dtype));
+        if dtype == DType::F16 {
+            shader.with("enable_f16", "enable f16;")
+        } else {
+            shader
+        }
+    }
+}
+
+impl<F: ShaderFile> From<&Shader<F>> for Shader<F> {
+    fn from(shader: &Shader<F>) -> Self {
+        Self {
+            params: shader.params.clone(),
+            file: PhantomData,
+        }
+    }
+}
+
+impl<F: ShaderFile> KernelSource for Shader<F> {
+    fn source(&self) -> SourceTemplate {
+        let t = self.params
+            .iter()
+            .fold(SourceTemplate::new(F::TEXT), |t, (name, value)| {
+                t.register(*name, value.as_str())
+            });
+        if std::env::var("SDWEB_DUMP_WGSL").is_ok() {
+            let text = self.params.iter().fold(SourceTemplate::new(F::TEXT), |t, (n, v)| t.register(*n, v.as_str())).complete();
+            eprintln!("=== WGSL {:?}\n{text}", self.params);
+        }
+        t
+    }
+
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info(self.params.clone())
+    }
+
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+pub fn wgsl_type(dtype: DType) -> &'static str {
+    if dtype == DType::F16 { "f16" } else { "f32" }
+}
+
+/// `t` as a contiguous wgpu tensor of f32/f16, or None (another backend or dtype).
+pub fn cube<const D: usize>(t: &Tensor<D>) -> Option<CubeTensor> {
+    if !matches!(t.dtype(), DType::F32 | DType::F16) {
+        return None;
+    }
+    Some(into_contiguous(t.clone().try_into_primitive::<Wgpu>().ok()?))
+}
+
+pub fn tensor<const D: usize>(t: CubeTensor) -> Tensor<D> {
+    Tensor::<D>::from_primitive::<Wgpu>(t)
+}
+
+/// A new contiguous tensor on `like`'s device.
+pub fn empty(like: &CubeTensor, shape: impl Into<Shape>, dtype: DType) -> CubeTensor {
+    let shape = shape.into();
+    let handle = like.client.empty(shape.num_elements() * dtype.size());
+    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, dtype)
+}
+
+pub fn fits_u32(values: &[usize]) -> bool {
+    values.iter().all(|&v| u32::try_from(v).is_ok())
+}
+
+/// Workgroups per grid dimension (WebGPU's default limit).
+pub const MAX_GROUPS: usize = 65535;
+
+/// A 1-D count of workgroups as a grid within [`MAX_GROUPS`] per dimension; kernels rebuild
+/// the index from `num_workgroups`.
+pub fn grid_1d(groups: usize) -> [usize; 3] {
+    let x = groups.clamp(1, MAX_GROUPS);
+    [x, groups.div_ceil(x), 1]
+}
+
+/// u32 fields of a kernel's uniform `Info`, packed two per u64 word (little-endian), padded to
+/// the 16-byte units uniform buffers are bound in.
+pub fn info_words(fields: &[u32]) -> Vec<u64> {
+    let mut words: Vec<u64> = fields
+        .chunks(2)
+        .map(|pair| pair[0] as u64 | (pair.get(1).copied().unwrap_or(0) as u64) << 32)
+        .collect();
+    words.resize(words.len().next_multiple_of(2), 0);
+    words
+}
+
+/// Binds `inputs` and `outputs`, then the uniform `info` (CubeCL appends it as the last
+/// binding), and enqueues `groups` workgroups of `workgroup` lanes. None when the grid exceeds
+/// WebGPU's limits (the caller falls back to burn's op).
+/// Kernels declare every storage binding `read_write`: CubeCL sub-allocates small tensors in
+/// shared buffers, and one buffer bound both read-only and writable in a dispatch is a WebGPU
+/// usage conflict.
+pub fn dispatch<F: ShaderFile>(
+    shader: Shader<F>,
+    workgroup: CubeDim,
+    groups: [usize; 3],
+    inputs: &[&CubeTensor],
+    outputs: &[&CubeTensor],
+    info: &[u32],
+) -> Option<()> {
+    if groups.iter().any(|&g| g == 0 || g > MAX_GROUPS) {
+        return None;
+    }
+    let mut args = KernelArguments::new();
+    for input in inputs {
+        args = args.with_buffer_io(input.handle.clone().binding(), BufferIOAttr::ReadOnly);
+    }
+    for out in outputs {
+        args = args.with_buffer_io(out.handle.clone().binding(), BufferIOAttr::WriteOnly);
+    }
+    let args = args.with_info(MetadataBindingInfo::custom(info_words(info)));
+    outputs.first()?.client.launch(
+        Box::new(SourceKernel::new(shader, workgroup)),
+        CubeCount::Static(groups[0] as u32, groups[1] as u32, groups[2] as u32),
+        args,
+    );
+    Some(())
+}
+
+/// Whether `t` lives on an adapter that is no card (a CPU driver: lavapipe, SwiftShader; in
+/// the browser, a fallback adapter).
+pub fn on_cpu_adapter(t: &CubeTensor) -> bool {
+    t.client.properties().identity.physical.is_none()
+}
