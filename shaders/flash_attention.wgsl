@@ -220,6 +220,8 @@ fn main(
         let query = q0 + row;
         if (query < q_end) {
             if (tx == 0u && v0 == 0u) {
+                let best = row_max[row];
+                let total = row_sum[row];
                 {{ store_stats }}
             }
             for (var g = 0u; g < G; g++) {
@@ -227,6 +229,8 @@ fn main(
                     let local_dim = 4u * tx + 64u * g + e;
                     let dd = v0 + local_dim;
                     if (local_dim < DV && dd < D) {
+                        let value = o[i * G + g][e];
+                        let total = row_sum[row];
                         {{ store }}
                     }
                 }

@@ -43,7 +43,6 @@ if (self.GPUDevice) {
 const wasmReady = init({ module_or_path: new URL('./pkg/sdweb_bg.wasm', import.meta.url) });
 let generator = null;
 let info = null;
-let compiled = false;
 
 const COMPONENTS = ['text_encoder', 'unet', 'vae'];
 const WEIGHT_STEMS = { text_encoder: 'model', unet: 'diffusion_pytorch_model', vae: 'diffusion_pytorch_model' };
@@ -230,7 +229,6 @@ async function load({ model, revision, precision, quantize, taesd }, progress) {
     loader.free();
   }
   cache.close();
-  compiled = false;
   info = { model, ...JSON.parse(generator.info()) };
   return info;
 }
@@ -248,10 +246,13 @@ function initPixels(bitmap, width, height) {
 
 async function generate({ initImage, mask, ...request }, progress) {
   if (!generator) throw new Error('no model is loaded');
-  if (!compiled) progress({ type: 'compile' });
   const onEvent = (json, pixels) => {
     const event = JSON.parse(json);
-    if (event.type === 'preview') {
+    if (event.type === 'compiling') {
+      progress({ type: 'compile' });
+    } else if (event.type === 'compiled') {
+      progress(event);
+    } else if (event.type === 'preview') {
       progress({ ...event, pixels: new Uint8ClampedArray(pixels.buffer, pixels.byteOffset, pixels.byteLength) });
       if (event.step === event.steps) progress({ type: 'decode' });
     } else if (event.type === 'step') {
@@ -262,7 +263,6 @@ async function generate({ initImage, mask, ...request }, progress) {
   };
   const out = await generator.generate(JSON.stringify(request), initPixels(initImage, request.width, request.height),
     initPixels(mask, request.width, request.height), onEvent);
-  compiled = true;
   progress({ type: 'done' });
   return {
     png: out.png, width: out.width, height: out.height, seed: out.seed, scheduler: out.scheduler,

@@ -132,6 +132,7 @@ pub fn load_single_file_with_report(
         device: device.clone(),
         dtype,
         preview_decoder: None,
+        compiled: Default::default(),
     };
     Ok((model, report))
 }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod image_io;
 pub mod kernels;
+pub mod launches;
 pub mod models;
 pub mod noise;
 pub mod npy;

@@ -52,6 +52,14 @@ enum Command {
         /// slow devices in minutes; the timings are then compile + dispatch cost only.
         #[arg(long, conflicts_with_all = ["output", "load_only"])]
         dry_run: bool,
+        /// Generations to run in this process: the first is cold (its compile pass included),
+        /// the stage times reported are the last one's.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// Time every kernel (one at a time, so the runs themselves are slower) and print the
+        /// last run's most expensive ones to stderr.
+        #[arg(long)]
+        profile: bool,
     },
     /// Write a copy of a diffusers folder with q8_0/q4_0 layer weights (loads like any model).
     Quantize {
@@ -155,6 +163,8 @@ fn main() -> ExitCode {
             no_decode,
             load_only,
             dry_run,
+            runs,
+            profile,
         } => run(
             &opts,
             output.as_ref(),
@@ -162,6 +172,8 @@ fn main() -> ExitCode {
                 decode: !no_decode,
                 load_only,
                 dry_run,
+                runs,
+                profile,
             }),
         ),
         Command::Quantize {
@@ -184,6 +196,64 @@ struct BenchMode {
     decode: bool,
     load_only: bool,
     dry_run: bool,
+    runs: usize,
+    profile: bool,
+}
+
+/// What `sdweb bench` prints about a run.
+struct BenchReport<'a> {
+    opts: &'a GenOpts,
+    width: usize,
+    height: usize,
+    dtype: DType,
+    mode: &'a BenchMode,
+    /// The first generation (compile pass included) and the last one.
+    cold: &'a sdweb::pipeline::Timings,
+    warm: &'a sdweb::pipeline::Timings,
+    scheduler: &'a str,
+    load_ms: f64,
+    weight_bytes: Option<u64>,
+    peak: Option<u64>,
+}
+
+/// The bench's JSON line: per-stage times of the warm run (the UNet step as its median),
+/// dispatch counts, and the cold first image (compile included) apart from the warm one.
+fn bench_json(r: &BenchReport) -> serde_json::Value {
+    let (opts, warm) = (r.opts, r.warm);
+    let mut steps = warm.unet_steps_ms.clone();
+    steps.sort_by(f64::total_cmp);
+    let median = steps.get(steps.len() / 2).copied().unwrap_or(0.0);
+    let per_step = warm.unet_step_dispatches.first().copied().unwrap_or(0);
+    serde_json::json!({
+        "model": opts.model.display().to_string(),
+        "width": r.width, "height": r.height, "steps": opts.steps, "cfg": opts.guidance > 1.0,
+        "precision": format!("{:?}", r.dtype), "scheduler": r.scheduler,
+        "quantize": opts.quantize.as_deref().unwrap_or("none"),
+        "kernels": &opts.kernels,
+        "dry_run": r.mode.dry_run,
+        "runs": r.mode.runs,
+        "weights_on_disk_bytes": model_bytes_on_disk(&opts.model, r.dtype == DType::F16),
+        "gpu_bytes_after_load": r.weight_bytes,
+        "load_ms": r.load_ms,
+        "compile_ms": r.cold.compile_ms,
+        "compiled_pipelines": r.cold.compiled_pipelines,
+        // The compile pass runs inside the first generation.
+        "cold_first_image_ms": r.cold.total_ms,
+        "warm_image_ms": warm.total_ms,
+        "tokenize_ms": warm.tokenize_ms,
+        "text_encoder_ms": warm.text_encoder_ms,
+        "unet_step_ms": warm.unet_steps_ms,
+        "unet_step_median_ms": median,
+        "cold_first_step_ms": r.cold.unet_steps_ms.first(),
+        "vae_decode_ms": r.mode.decode.then_some(warm.vae_decode_ms),
+        "dispatches": {
+            "text_encoder": warm.text_encoder_dispatches,
+            "unet_step": per_step,
+            "vae_decode": r.mode.decode.then_some(warm.vae_decode_dispatches),
+        },
+        "total_ms": warm.total_ms,
+        "peak_gpu_bytes": r.peak,
+    })
 }
 
 fn run(
@@ -357,6 +427,9 @@ fn run(
         } => eprintln!(
             "warning: the prompt has {token_count} tokens and was cut to {max_length} (CLIP's limit)"
         ),
+        Progress::Compiled { pipelines, ms } => {
+            eprintln!("compiled {pipelines} pipelines in {ms:.0} ms")
+        }
         Progress::Step { index, total, ms } => eprintln!("step {index}/{total} ({ms:.0} ms)"),
         Progress::Preview {
             index,
@@ -382,23 +455,41 @@ fn run(
         .as_ref()
         .is_some_and(|b| b.dry_run)
         .then(burn::cubecl::dry_run::DryRun::new);
-    let t_generate = clock_ms(&clock);
-    let out = if bench.as_ref().is_some_and(|b| !b.decode) {
-        let denoised =
-            pollster::block_on(model.denoise(&request, &clock, &mut on_progress, &|| false))?;
-        sdweb::pipeline::GenerateOutput {
-            rgb: Vec::new(),
-            width,
-            height,
-            scheduler: denoised.scheduler,
-            timings: sdweb::pipeline::Timings {
-                total_ms: clock_ms(&clock) - t_generate,
-                ..denoised.timings
-            },
+    let decode = bench.as_ref().is_none_or(|b| b.decode);
+    // A bench runs the generation `runs` times: the first is cold (compile included).
+    let runs = bench.as_ref().map_or(1, |b| b.runs.max(1));
+    let mut outputs = Vec::with_capacity(runs);
+    let profile = bench.as_ref().is_some_and(|b| b.profile) && sdweb::launches::enable_profiling();
+    for run in 0..runs {
+        if profile && run + 1 == runs {
+            sdweb::launches::take_profile();
         }
-    } else {
-        pollster::block_on(model.generate(&request, &clock, &mut on_progress))?
-    };
+        let t_generate = clock_ms(&clock);
+        outputs.push(if decode {
+            pollster::block_on(model.generate(&request, &clock, &mut on_progress))?
+        } else {
+            let denoised =
+                pollster::block_on(model.denoise(&request, &clock, &mut on_progress, &|| false))?;
+            sdweb::pipeline::GenerateOutput {
+                rgb: Vec::new(),
+                width,
+                height,
+                scheduler: denoised.scheduler,
+                timings: sdweb::pipeline::Timings {
+                    total_ms: clock_ms(&clock) - t_generate,
+                    ..denoised.timings
+                },
+            }
+        });
+    }
+    if profile {
+        eprintln!("kernel profile of the last run (ms, launches):");
+        for (name, launches, ms) in sdweb::launches::take_profile().iter().take(25) {
+            eprintln!("{ms:10.1} ms {launches:6}  {name}");
+        }
+    }
+    let cold = outputs.first().expect("at least one run").timings.clone();
+    let out = outputs.pop().expect("at least one run");
     sample_peak();
     drop(dry_run);
     let peak = peak.get();
@@ -424,33 +515,18 @@ fn run(
         eprintln!("wrote {}", path.display());
     }
     if let Some(mode) = bench {
-        let t = &out.timings;
-        let first = t.unet_steps_ms.first().copied().unwrap_or(0.0);
-        let rest = &t.unet_steps_ms[1.min(t.unet_steps_ms.len())..];
-        let steady = if rest.is_empty() {
-            first
-        } else {
-            rest.iter().sum::<f64>() / rest.len() as f64
-        };
-        let line = serde_json::json!({
-            "model": opts.model.display().to_string(),
-            "width": width, "height": height, "steps": request.steps, "cfg": request.guidance > 1.0,
-            "precision": format!("{dtype:?}"), "scheduler": out.scheduler.name(),
-            "quantize": opts.quantize.as_deref().unwrap_or("none"),
-            "kernels": &opts.kernels,
-            "dry_run": mode.dry_run,
-            "weights_on_disk_bytes": model_bytes_on_disk(&opts.model, dtype == DType::F16),
-            "gpu_bytes_after_load": weight_bytes,
-            "load_ms": load_ms,
-            "tokenize_ms": t.tokenize_ms,
-            "text_encoder_ms": t.text_encoder_ms,
-            "unet_step_ms": t.unet_steps_ms,
-            "unet_step_steady_ms": steady,
-            // The first step also compiles (and autotunes) every UNet kernel.
-            "compile_autotune_ms_estimate": (first - steady).max(0.0),
-            "vae_decode_ms": mode.decode.then_some(t.vae_decode_ms),
-            "total_ms": t.total_ms,
-            "peak_gpu_bytes": peak,
+        let line = bench_json(&BenchReport {
+            opts,
+            width,
+            height,
+            dtype,
+            mode: &mode,
+            cold: &cold,
+            warm: &out.timings,
+            scheduler: out.scheduler.name(),
+            load_ms,
+            weight_bytes,
+            peak,
         });
         println!("{line}");
     }

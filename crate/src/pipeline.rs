@@ -5,6 +5,7 @@ use std::path::Path;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::config::{ConfigError, ConfigReader};
+use crate::launches::{CompilePass, DispatchCounter};
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
@@ -44,16 +45,37 @@ pub struct StableDiffusion {
     pub dtype: DType,
     /// TAESD for step previews (optional; without it previews use a latent projection).
     pub preview_decoder: Option<AutoencoderTiny>,
+    /// The request shapes whose pipelines [`StableDiffusion::compile`] has compiled.
+    pub compiled: std::sync::Mutex<Vec<CompileKey>>,
 }
 
-/// Per-stage wall times in milliseconds (GPU work included: each stage ends with a readback).
+/// Per-stage wall times in milliseconds (GPU work included: each stage ends with a readback)
+/// and GPU dispatch counts.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Timings {
     pub tokenize_ms: f64,
+    /// The compile pass before the first step (0 when these shapes were compiled before).
+    pub compile_ms: f64,
+    /// Distinct pipelines that pass launched (0 when it did not run).
+    pub compiled_pipelines: usize,
     pub text_encoder_ms: f64,
+    pub text_encoder_dispatches: usize,
     pub unet_steps_ms: Vec<f64>,
+    /// GPU dispatches of each step (UNet, guidance, readback).
+    pub unet_step_dispatches: Vec<usize>,
     pub vae_decode_ms: f64,
+    pub vae_decode_dispatches: usize,
     pub total_ms: f64,
+}
+
+/// What decides the pipelines a generation needs: its shapes and stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompileKey {
+    pub width: usize,
+    pub height: usize,
+    pub cfg: bool,
+    /// An init image (the VAE encoder runs).
+    pub init_image: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +129,13 @@ impl InitImage {
     }
 }
 
+/// What [`StableDiffusion::compile`] did.
+#[derive(Clone, Debug)]
+pub struct CompileReport {
+    pub pipelines: usize,
+    pub ms: f64,
+}
+
 /// The final latents of [`StableDiffusion::denoise`], before the VAE.
 pub struct DenoisedLatents {
     pub latents: Vec<f32>,
@@ -126,6 +155,14 @@ pub struct GenerateOutput {
 
 #[derive(Clone, Debug)]
 pub enum Progress {
+    /// The compile pass starts: it compiles every pipeline the generation needs (first
+    /// generation at a size only).
+    Compiling,
+    /// It ended: `pipelines` distinct compute pipelines in `ms`.
+    Compiled {
+        pipelines: usize,
+        ms: f64,
+    },
     Tokenized {
         truncated: bool,
         token_count: usize,
@@ -350,6 +387,7 @@ impl PipelineBuilder {
             device: self.device,
             dtype: self.dtype,
             preview_decoder: self.preview_decoder,
+            compiled: Default::default(),
         })
     }
 }
@@ -498,9 +536,12 @@ impl StableDiffusion {
             return Err(PipelineError::Cancelled);
         }
         let t_dec = clock.now_ms();
+        let counter = DispatchCounter::start();
         let rgb = self
             .decode_to_rgb(&denoised.latents, denoised.shape)
             .await?;
+        timings.vae_decode_dispatches = counter.count();
+        drop(counter);
         timings.vae_decode_ms = clock.now_ms() - t_dec;
         progress(Progress::Decoded);
         timings.total_ms = clock.now_ms() - t_start;
@@ -533,15 +574,21 @@ impl StableDiffusion {
             None => self.scheduler_config.kind()?,
         };
         let mut scheduler = schedulers::build(kind, &self.scheduler_config, req.steps)?;
+        if let Some(report) = self.compile(req, clock, progress).await? {
+            timings.compile_ms = report.ms;
+            timings.compiled_pipelines = report.pipelines;
+        }
 
         let t0 = clock.now_ms();
         let ids = self.tokenize(&req.prompt, &req.negative_prompt, cfg, progress);
         timings.tokenize_ms = clock.now_ms() - t0;
         let t1 = clock.now_ms();
+        let counter = DispatchCounter::start();
         let context = self.text_encoder.forward(&ids);
-        // Reading one value waits for the encoder, so its time (first call: shader compilation
-        // included) is not billed to the first UNet step.
+        // Reading one value waits for the encoder, so its time is not billed to the first step.
         read_back(context.clone().slice([0..1, 0..1, 0..1])).await?;
+        timings.text_encoder_dispatches = counter.count();
+        drop(counter);
         timings.text_encoder_ms = clock.now_ms() - t1;
         progress(Progress::TextEncoded);
 
@@ -648,6 +695,7 @@ impl StableDiffusion {
                 return Err(PipelineError::Cancelled);
             }
             let t_step = clock.now_ms();
+            let counter = DispatchCounter::start();
             let scale = scheduler.input_scale(i) as f32;
             let mut scaled: Vec<f32> = latents.iter().map(|v| v * scale).collect();
             let mut input_shape = shape;
@@ -657,22 +705,11 @@ impl StableDiffusion {
                 scaled.extend_from_slice(&inp.masked_latents);
                 input_shape[1] = unet_channels;
             }
-            let x = Tensor::<4>::from_data(TensorData::new(scaled, input_shape), &self.device)
-                .cast(self.dtype);
-            let x = if cfg {
-                Tensor::cat(vec![x.clone(), x], 0)
-            } else {
-                x
-            };
-            let out = self.unet.forward(x, t, context.clone()).cast(DType::F32);
-            let noise_pred = if cfg {
-                let uncond = out.clone().narrow(0, 0, 1);
-                let text = out.narrow(0, 1, 1);
-                uncond.clone() + (text - uncond) * req.guidance
-            } else {
-                out
-            };
+            let x = Tensor::<4>::from_data(TensorData::new(scaled, input_shape), &self.device);
+            let noise_pred = self.guided_noise(x, t, &context, cfg.then_some(req.guidance));
             let model_output = read_back(noise_pred).await?;
+            timings.unet_step_dispatches.push(counter.count());
+            drop(counter);
             latents = scheduler.step(&model_output, i, &latents, &mut generator);
             if let (false, Some(inp)) = (inpaint_unet, &inpaint) {
                 // Keep the unmasked area on the image, noised to the next step's level.
@@ -713,6 +750,81 @@ impl StableDiffusion {
         })
     }
 
+    /// The UNet's noise prediction for f32 latents `x` at timestep `t`, with classifier-free
+    /// guidance at `guidance` when given (the batch is then [unconditional, text]), as f32.
+    fn guided_noise(&self, x: Tensor<4>, t: f64, context: &Tensor<3>, guidance: Option<f64>) -> Tensor<4> {
+        let x = x.cast(self.dtype);
+        let x = if guidance.is_some() { Tensor::cat(vec![x.clone(), x], 0) } else { x };
+        let out = self.unet.forward(x, t, context.clone()).cast(DType::F32);
+        match guidance {
+            Some(scale) => {
+                let uncond = out.clone().narrow(0, 0, 1);
+                let text = out.narrow(0, 1, 1);
+                uncond.clone() + (text - uncond) * scale
+            }
+            None => out,
+        }
+    }
+
+    /// Compiles every pipeline a generation of `req` needs (text encoder, a UNet step with its
+    /// guidance, VAE decode, and the encoder / TAESD where they run) as a CubeCL dry run at
+    /// its shapes, so that no step waits for a compile. None when these shapes were compiled
+    /// before; emits [`Progress::Compiling`] / [`Progress::Compiled`] otherwise.
+    pub async fn compile(
+        &self,
+        req: &GenerateRequest,
+        clock: &dyn Clock,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Option<CompileReport>, PipelineError> {
+        let key = CompileKey {
+            width: req.width,
+            height: req.height,
+            cfg: req.guidance > 1.0,
+            init_image: req.init_image.is_some(),
+        };
+        if self.compiled.lock().map_err(|_| PipelineError::Execution("poisoned".into()))?.contains(&key) {
+            return Ok(None);
+        }
+        progress(Progress::Compiling);
+        let t0 = clock.now_ms();
+        let pass = CompilePass::start();
+        self.compile_pass(key);
+        let pipelines = pass.finish();
+        // Compilation happens where the launches are processed: wait for it.
+        read_back(Tensor::<1>::zeros([1], &self.device)).await?;
+        let report = CompileReport { pipelines, ms: clock.now_ms() - t0 };
+        self.compiled.lock().map_err(|_| PipelineError::Execution("poisoned".into()))?.push(key);
+        progress(Progress::Compiled { pipelines, ms: report.ms });
+        Ok(Some(report))
+    }
+
+    /// The launches of a generation at `key`'s shapes, on placeholder values (see `compile`).
+    fn compile_pass(&self, key: CompileKey) {
+        let f = self.vae_scale_factor();
+        let (h, w) = (key.height / f, key.width / f);
+        let rows = if key.cfg { 2 } else { 1 };
+        let ids = vec![vec![0; self.tokenizer.max_length()]; rows];
+        let context = self.text_encoder.forward(&ids);
+        let unet_in = self.unet.config().in_channels;
+        let x = Tensor::<4>::zeros([1, unet_in, h, w], &self.device);
+        drop(self.guided_noise(x, 999.0, &context, key.cfg.then_some(7.5)));
+        let latents = self.vae.config().latent_channels;
+        let z = Tensor::<4>::zeros([1, latents, h, w], &self.device);
+        drop(self.decode_tensor(z.clone()));
+        if key.init_image && self.vae.has_encoder() {
+            let image = Tensor::<4>::zeros([1, 3, key.height, key.width], &self.device);
+            drop(self.vae.encode(image.cast(self.vae_dtype())));
+        }
+        if let Some(taesd) = &self.preview_decoder {
+            drop(taesd.decode_preview(z));
+        }
+    }
+
+    /// The VAE's compute dtype: f32 when its config says `force_upcast`, as diffusers.
+    fn vae_dtype(&self) -> DType {
+        if self.vae.config().force_upcast { DType::F32 } else { self.dtype }
+    }
+
     /// img2img's start: RGB8 → [-1, 1] → VAE posterior sample (mean + std · noise from
     /// `generator`) × scaling_factor, as diffusers' `retrieve_latents(sample_mode="sample")`.
     pub async fn encode_image(
@@ -735,11 +847,7 @@ impl StableDiffusion {
         generator: &mut NoiseGenerator,
     ) -> Result<Vec<f32>, PipelineError> {
         let pixels = pixels.to_vec();
-        let vae_dtype = if self.vae.config().force_upcast {
-            DType::F32
-        } else {
-            self.dtype
-        };
+        let vae_dtype = self.vae_dtype();
         let image =
             Tensor::<3>::from_data(TensorData::new(pixels, [height, width, 3]), &self.device)
                 .permute([2, 0, 1])
@@ -776,6 +884,14 @@ impl StableDiffusion {
         Ok((rgb, w, h))
     }
 
+    /// Unscaled f32 latents `[1, C, h, w]` → the image as f32 HWC in [0, 1].
+    fn decode_tensor(&self, z: Tensor<4>) -> Tensor<3> {
+        let image = self.vae.decode(z.cast(self.vae_dtype())).cast(DType::F32);
+        let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
+        let [_, c, h, w] = image.dims();
+        image.reshape([c, h, w]).permute([1, 2, 0])
+    }
+
     /// Latents → RGB8 exactly like diffusers' postprocess: `round(clamp(x/2 + 0.5, 0, 1) * 255)` (numpy rounds half to even).
     pub async fn decode_to_rgb(
         &self,
@@ -785,16 +901,8 @@ impl StableDiffusion {
         let scale = self.vae.config().scaling_factor as f32;
         let shift = self.vae.config().shift_factor as f32;
         let z: Vec<f32> = latents.iter().map(|v| v / scale + shift).collect();
-        let vae_dtype = if self.vae.config().force_upcast {
-            DType::F32
-        } else {
-            self.dtype
-        };
-        let z = Tensor::<4>::from_data(TensorData::new(z, shape), &self.device).cast(vae_dtype);
-        let image = self.vae.decode(z).cast(DType::F32);
-        let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
-        let [_, c, h, w] = image.dims();
-        let hwc = image.reshape([c, h, w]).permute([1, 2, 0]);
+        let z = Tensor::<4>::from_data(TensorData::new(z, shape), &self.device);
+        let hwc = self.decode_tensor(z);
         let values = read_back(hwc).await?;
         Ok(values
             .iter()

@@ -376,6 +376,10 @@ async fn run_generate(
         let _ = on_progress.call1(&JsValue::NULL, &JsValue::from_str(&value.to_string()));
     };
     let mut progress = |p: Progress| match p {
+        Progress::Compiling => emit(serde_json::json!({ "type": "compiling" })),
+        Progress::Compiled { pipelines, ms } => emit(serde_json::json!({
+            "type": "compiled", "pipelines": pipelines, "ms": ms,
+        })),
         Progress::Tokenized {
             truncated,
             token_count,

@@ -11,7 +11,7 @@ use burn::tensor::module::{attention, conv2d, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{DType, Distribution, Tensor};
 use common::*;
-use sdweb::kernels::{self, ConvEpilogue, Heads};
+use sdweb::kernels::{self, AttentionKernel, ConvEpilogue, Heads};
 use sdweb::models::nn::{merge_heads, split_heads, upsample_nearest_2x};
 
 const F32_TOL: f32 = 1e-4;
@@ -144,46 +144,63 @@ fn burn_attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, cau
     merge_heads(attention(split(q), split(k), split(v), None, None, options))
 }
 
-/// 4096-token self-attention for every head dim of SD 1.x/2.x and the VAE (a slice of 256
-/// queries against all 4096 keys: each query row is computed alone), then cross-attention over
-/// 77 context tokens.
+/// Both flash-attention kernels (the tiled one GPUs run, the per-row one of CPU adapters), the
+/// adapter's choice first.
+fn attention_kernels() -> [AttentionKernel; 2] {
+    let cpu = kernels::on_cpu_adapter(&random([1], 1.0));
+    let first = AttentionKernel::for_adapter(cpu);
+    let other = if first == AttentionKernel::Rows { AttentionKernel::Tiled } else { AttentionKernel::Rows };
+    [first, other]
+}
+
+fn flash(kernel: AttentionKernel, q: Heads, k: Heads, v: Heads, heads: usize, dim: usize, causal: bool) -> Tensor<3> {
+    kernels::flash_attention_with(kernel, q, k, v, heads, dim, causal).expect("kernel applies")
+}
+
+/// 4096-token self-attention for every head dim of SD 1.x/2.x and the VAE (a slice of the
+/// queries against all 4096 keys: each query row is computed alone, and the keys are split
+/// into ranges on CPU adapters), then cross-attention over 77 context tokens.
 #[test]
 fn flash_attention_matches_burn_for_every_sd_head_dim() {
-    for (heads, dim) in [(2, 40), (1, 64), (1, 80), (1, 160), (1, 512)] {
-        let q = random([1, 256, heads * dim], 1.0);
-        let (k, v) = (random([1, 4096, heads * dim], 1.0), random([1, 4096, heads * dim], 1.0));
-        let ours = kernels::flash_attention((&q).into(), (&k).into(), (&v).into(), heads, dim, false)
-            .expect("kernel applies");
+    for kernel in attention_kernels() {
+        for (heads, dim) in [(2, 40), (1, 64), (1, 80), (1, 160), (1, 512)] {
+            let q = random([1, 128, heads * dim], 1.0);
+            let (k, v) = (random([1, 4096, heads * dim], 1.0), random([1, 4096, heads * dim], 1.0));
+            let ours = flash(kernel, (&q).into(), (&k).into(), (&v).into(), heads, dim, false);
+            let oracle = burn_attention(&q, &k, &v, heads, false);
+            check(&format!("{kernel:?} flash attention d{dim} 128x4096 f32"), ours, oracle, F32_TOL);
+        }
+        let (heads, dim) = (8, 40);
+        let q = random([2, 512, heads * dim], 1.0);
+        let (k, v) = (random([2, 77, heads * dim], 1.0), random([2, 77, heads * dim], 1.0));
+        let ours = flash(kernel, (&q).into(), (&k).into(), (&v).into(), heads, dim, false);
         let oracle = burn_attention(&q, &k, &v, heads, false);
-        check(&format!("flash attention d{dim} 256x4096 f32"), ours, oracle, F32_TOL);
+        check(&format!("{kernel:?} flash cross-attention 512x77"), ours, oracle, F32_TOL);
     }
-    let (heads, dim) = (8, 40);
-    let q = random([2, 1024, heads * dim], 1.0);
-    let (k, v) = (random([2, 77, heads * dim], 1.0), random([2, 77, heads * dim], 1.0));
-    let ours = kernels::flash_attention((&q).into(), (&k).into(), (&v).into(), heads, dim, false).unwrap();
-    check("flash cross-attention 1024x77", ours, burn_attention(&q, &k, &v, heads, false), F32_TOL);
 }
 
 #[test]
 fn flash_attention_f16_causal_and_fused_qkv_layouts() {
-    let (heads, dim) = (5, 64);
-    let q = f16_exact(random([2, 512, heads * dim], 1.0));
-    let (k, v) = (f16_exact(random([2, 4096, heads * dim], 1.0)), f16_exact(random([2, 4096, heads * dim], 1.0)));
-    let oracle = burn_attention(&q, &k, &v, heads, false);
-    let half = |t: &Tensor<3>| t.clone().cast(DType::F16);
-    let (qh, kh, vh) = (half(&q), half(&k), half(&v));
-    let ours = kernels::flash_attention((&qh).into(), (&kh).into(), (&vh).into(), heads, dim, false).unwrap();
-    assert_eq!(ours.dtype(), DType::F16);
-    check("flash attention d64 f16", ours.cast(DType::F32), oracle, F16_TOL);
+    for kernel in attention_kernels() {
+        let (heads, dim) = (5, 64);
+        let q = f16_exact(random([2, 256, heads * dim], 1.0));
+        let (k, v) = (f16_exact(random([2, 2048, heads * dim], 1.0)), f16_exact(random([2, 2048, heads * dim], 1.0)));
+        let oracle = burn_attention(&q, &k, &v, heads, false);
+        let half = |t: &Tensor<3>| t.clone().cast(DType::F16);
+        let (qh, kh, vh) = (half(&q), half(&k), half(&v));
+        let ours = flash(kernel, (&qh).into(), (&kh).into(), (&vh).into(), heads, dim, false);
+        assert_eq!(ours.dtype(), DType::F16);
+        check(&format!("{kernel:?} flash attention d64 f16"), ours.cast(DType::F32), oracle, F16_TOL);
 
-    // CLIP: causal over 77 tokens, 12 heads of 64, q/k/v as column ranges of one [.., 3·768].
-    let (heads, dim) = (12, 64);
-    let qkv = random([2, 77, 3 * heads * dim], 1.0);
-    let part = |i: usize| Heads { tokens: &qkv, column: i * heads * dim };
-    let ours = kernels::flash_attention(part(0), part(1), part(2), heads, dim, true).unwrap();
-    let cols = |i: usize| qkv.clone().narrow(2, i * heads * dim, heads * dim);
-    let oracle = burn_attention(&cols(0), &cols(1), &cols(2), heads, true);
-    check("flash attention causal 77 tokens, fused qkv", ours, oracle, F32_TOL);
+        // CLIP: causal over 77 tokens, 12 heads of 64, q/k/v as column ranges of one [.., 3·768].
+        let (heads, dim) = (12, 64);
+        let qkv = random([2, 77, 3 * heads * dim], 1.0);
+        let part = |i: usize| Heads { tokens: &qkv, column: i * heads * dim };
+        let ours = flash(kernel, part(0), part(1), part(2), heads, dim, true);
+        let cols = |i: usize| qkv.clone().narrow(2, i * heads * dim, heads * dim);
+        let oracle = burn_attention(&cols(0), &cols(1), &cols(2), heads, true);
+        check(&format!("{kernel:?} flash attention causal 77 tokens, fused qkv"), ours, oracle, F32_TOL);
+    }
 }
 
 fn burn_group_norm(x: &Tensor<4>, groups: usize, gamma: &Tensor<1>, beta: &Tensor<1>, eps: f64) -> Tensor<4> {

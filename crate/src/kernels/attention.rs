@@ -1,21 +1,40 @@
-//! Flash attention (`shaders/flash_attention.wgsl`): softmax(q·kᵀ/√d)·v per head, the score
-//! matrix never written, on token rows as the projections produce them.
-
-use burn::cubecl::CubeDim;
-use burn::tensor::Tensor;
+//! Flash attention: softmax(q·kᵀ/√d)·v per head, the score matrix never written, on token rows
+//! as the projections produce them. Two kernels, chosen per adapter:
+//! - `shaders/flash_attention.wgsl` (GPUs): workgroup tiles of queries × 32-key blocks;
+//! - `shaders/flash_attention_rows.wgsl` (CPU adapters): one invocation per query row, no
+//!   barriers (each costs a CPU driver a context switch per lane group: the tiled kernel was
+//!   40× slower than this one on lavapipe for the fixture UNet).
+//!
+//! Both may split the keys into ranges whose partials `shaders/flash_attention_combine.wgsl`
+//! merges: on lavapipe an invocation may run 65535 loop iterations at most (Mesa's loop
+//! limiter), which a long sequence with a wide head exceeds.
 
 use burn::backend::wgpu::CubeTensor;
-use burn::tensor::DType;
+use burn::cubecl::CubeDim;
+use burn::tensor::{DType, Tensor};
 
-use super::launch::{ShaderFile, Shader, cube, dispatch, empty, fits_u32, grid_1d, on_cpu_adapter, tensor};
+use super::launch::{
+    Shader, ShaderFile, cube, dispatch, empty, fits_u32, grid_1d, max_binding_bytes,
+    on_cpu_adapter, tensor,
+};
 
 pub struct FlashAttentionFile;
 impl ShaderFile for FlashAttentionFile {
     const TEXT: &'static str = include_str!("../../../shaders/flash_attention.wgsl");
 }
 
-/// Head dims the kernel takes (a q·kᵀ step holds at least one dim per row in workgroup
-/// memory). SD uses 40, 64, 80, 160 (UNet, CLIP) and 512 (the VAE's single head).
+pub struct FlashAttentionRowsFile;
+impl ShaderFile for FlashAttentionRowsFile {
+    const TEXT: &'static str = include_str!("../../../shaders/flash_attention_rows.wgsl");
+}
+
+pub struct FlashAttentionCombineFile;
+impl ShaderFile for FlashAttentionCombineFile {
+    const TEXT: &'static str = include_str!("../../../shaders/flash_attention_combine.wgsl");
+}
+
+/// Head dims the kernels take (a q·kᵀ step of the tiled kernel holds at least one dim per row
+/// in workgroup memory). SD uses 40, 64, 80, 160 (UNet, CLIP) and 512 (the VAE's single head).
 pub const MAX_HEAD_DIM: usize = 1024;
 
 /// Heads `[B, S, heads · head_dim]` of one tensor, starting at column `column` (q, k and v may
@@ -32,41 +51,82 @@ impl<'a> From<&'a Tensor<3>> for Heads<'a> {
     }
 }
 
-/// Output dims one workgroup computes: wider heads are split across workgroups (each lane
-/// then accumulates at most 8 vec4: see the kernel's `o`).
+/// Which flash-attention kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// Workgroup tiles (GPUs).
+    Tiled,
+    /// One invocation per query row (CPU adapters).
+    Rows,
+}
+
+impl AttentionKernel {
+    pub fn for_adapter(cpu_adapter: bool) -> Self {
+        if cpu_adapter { Self::Rows } else { Self::Tiled }
+    }
+}
+
+/// Output dims one tiled workgroup computes: wider heads are split across workgroups, so that a
+/// lane accumulates at most 12 vec4.
 const MAX_OUTPUT_DIMS: usize = 256;
 
-/// Query rows per lane (and so per workgroup: 16×): 4 while a lane's accumulator (rows × a
-/// 4-dim group per 64 output dims) stays at most 12 vec4, else 2.
+/// Query rows per lane of the tiled kernel (16× per workgroup): 4 while a lane's accumulator
+/// (rows × a 4-dim group per 64 output dims) stays within 12 vec4, else 2.
 fn rows_per_lane(output_dims: usize) -> usize {
     if output_dims <= 192 { 4 } else { 2 }
 }
 
-/// Head dims per q·kᵀ step: as many as fit next to the q rows and the k block in the 1536
-/// floats of workgroup memory the kernel reserves for them.
+/// Head dims per q·kᵀ step of the tiled kernel: as many as fit next to the q rows and the key
+/// block in the 1536 floats of workgroup memory it reserves for them.
 fn dims_per_step(head_dim: usize, rows: usize) -> usize {
     head_dim.min(1536 / (rows + 32))
 }
 
-/// Keys one workgroup covers on CPU adapters. llvmpipe (lavapipe) ends every loop of an
-/// invocation once 65535 loop iterations have run in it (Mesa's loop limiter); a workgroup of
-/// 512 keys stays under a third of that for every head dim up to MAX_HEAD_DIM. GPUs take
-/// all keys in one workgroup.
-const CPU_SPLIT_KEYS: usize = 512;
+/// Loop iterations an invocation may spend on its keys: half of llvmpipe's 65535 limit, the
+/// rest left to the kernel's other loops.
+const KEY_LOOP_BUDGET: usize = 32768;
 
-/// Bytes of f32 partials one split launch writes at most (well within a 128 MiB binding):
-/// longer query ranges run as several launches.
-const MAX_PARTIAL_BYTES: usize = 32 << 20;
-
-pub struct FlashAttentionCombineFile;
-impl ShaderFile for FlashAttentionCombineFile {
-    const TEXT: &'static str = include_str!("../../../shaders/flash_attention_combine.wgsl");
+/// Keys per split: what the loop budget allows on CPU adapters (the tiled kernel spends about
+/// 6 iterations per head dim and key block, the rows kernel 2 per 4 dims and key), all of
+/// them on GPUs.
+fn split_keys(kernel: AttentionKernel, cpu_adapter: bool, head_dim: usize, sk: usize) -> usize {
+    let per_key = match kernel {
+        AttentionKernel::Rows => 2 * head_dim.div_ceil(4) + 1,
+        AttentionKernel::Tiled => (6 * head_dim).div_ceil(32) + 4,
+    };
+    if cpu_adapter {
+        (KEY_LOOP_BUDGET / per_key / 32 * 32).max(32)
+    } else {
+        sk.next_multiple_of(32)
+    }
 }
 
+/// Bytes of f32 partials one split launch writes at most (and at most a quarter of the
+/// device's binding limit): longer query ranges run as several launches.
+const MAX_PARTIAL_BYTES: usize = 32 << 20;
+
 /// softmax(q·kᵀ·scale)·v with `heads` heads of `head_dim` (scale 1/√head_dim), causal
-/// (CLIP's text encoder) or not, as `[B, Sq, heads · head_dim]` in q's dtype. None where the
-/// kernel does not apply.
+/// (CLIP's text encoder) or not, as `[B, Sq, heads · head_dim]` in q's dtype, with the kernel
+/// for the adapter. None where the kernels do not apply.
 pub fn flash_attention(
+    q: Heads,
+    k: Heads,
+    v: Heads,
+    heads: usize,
+    head_dim: usize,
+    causal: bool,
+) -> Option<Tensor<3>> {
+    let cpu = q
+        .tokens
+        .clone()
+        .try_into_primitive::<burn::backend::Wgpu>()
+        .is_ok_and(|t| on_cpu_adapter(&t));
+    flash_attention_with(AttentionKernel::for_adapter(cpu), q, k, v, heads, head_dim, causal)
+}
+
+/// [`flash_attention`] with a given kernel (tests run both on one adapter).
+pub fn flash_attention_with(
+    kernel: AttentionKernel,
     q: Heads,
     k: Heads,
     v: Heads,
@@ -92,98 +152,121 @@ pub fn flash_attention(
     let kc = cube(&k.tokens.clone().cast(dtype))?;
     let vc = cube(&v.tokens.clone().cast(dtype))?;
     let out = empty(&qc, [batch, sq, inner], dtype);
-    let output_dims = head_dim.min(MAX_OUTPUT_DIMS);
-    let rows = rows_per_lane(output_dims);
-    let split_keys = if on_cpu_adapter(&qc) { CPU_SPLIT_KEYS } else { sk.next_multiple_of(32) };
+    let split_keys = split_keys(kernel, on_cpu_adapter(&qc), head_dim, sk);
     let splits = sk.div_ceil(split_keys);
-    let launch = Launch {
-        shader: Shader::<FlashAttentionFile>::new(dtype)
-            .with("d", head_dim)
-            .with("dv", output_dims)
-            .with("rpt", rows)
-            .with("dc", dims_per_step(head_dim, 16 * rows)),
-        info: [
-            batch,
-            heads,
-            sq,
-            sk,
-            q.column,
-            q_width,
-            k.column,
-            k_width,
-            v.column,
-            v_width,
-            0,
-            causal as usize,
-            0,
-            sq,
-            split_keys,
-            splits,
-        ]
-        .map(|v| v as u32),
-        groups: [0, heads * head_dim.div_ceil(output_dims), batch * splits],
-        rows_per_group: 16 * rows,
-    };
-    let mut launch = launch;
-    launch.info[10] = ((1.0 / (head_dim as f64).sqrt()) as f32).to_bits();
+    let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
+    let info = [
+        batch as u32,
+        heads as u32,
+        sq as u32,
+        sk as u32,
+        q.column as u32,
+        q_width as u32,
+        k.column as u32,
+        k_width as u32,
+        v.column as u32,
+        v_width as u32,
+        scale.to_bits(),
+        causal as u32,
+        0,
+        sq as u32,
+        split_keys as u32,
+        splits as u32,
+    ];
     let inputs = [&qc, &kc, &vc];
-    if splits == 1 {
-        launch.whole(&inputs, &out)?;
-    } else {
-        let row_bytes = splits * batch * inner * 4;
-        let chunk = (MAX_PARTIAL_BYTES / row_bytes).max(1).next_multiple_of(launch.rows_per_group);
-        for q_begin in (0..sq).step_by(chunk) {
-            launch.split(&inputs, &out, q_begin, chunk.min(sq - q_begin), head_dim)?;
+    match kernel {
+        AttentionKernel::Tiled => {
+            let output_dims = head_dim.min(MAX_OUTPUT_DIMS);
+            let rows = rows_per_lane(output_dims);
+            let shader = Shader::<FlashAttentionFile>::new(dtype)
+                .with("d", head_dim)
+                .with("dv", output_dims)
+                .with("rpt", rows)
+                .with("dc", dims_per_step(head_dim, 16 * rows));
+            let layout = Layout {
+                workgroup: CubeDim::new_2d(16, 16),
+                rows_per_group: 16 * rows,
+                head_groups: heads * head_dim.div_ceil(output_dims),
+            };
+            run(shader, layout, info, &inputs, &out, head_dim)?;
+        }
+        AttentionKernel::Rows => {
+            let shader = Shader::<FlashAttentionRowsFile>::new(dtype).with("d", head_dim);
+            let layout = Layout {
+                workgroup: CubeDim::new_1d(64),
+                rows_per_group: 64,
+                head_groups: heads,
+            };
+            run(shader, layout, info, &inputs, &out, head_dim)?;
         }
     }
     Some(tensor(out))
 }
 
-/// One flash-attention launch configuration; `info` is the kernel's uniform.
-struct Launch {
-    shader: Shader<FlashAttentionFile>,
-    info: [u32; 16],
-    groups: [usize; 3],
+/// How a kernel's workgroups cover the queries and heads.
+struct Layout {
+    workgroup: CubeDim,
     rows_per_group: usize,
+    /// Grid y: heads, times the output-dim splits of the tiled kernel.
+    head_groups: usize,
 }
 
-impl Launch {
-    fn whole(self, inputs: &[&CubeTensor; 3], out: &CubeTensor) -> Option<()> {
-        let [_, _, sq, ..] = self.info;
-        let shader = self
-            .shader
-            .with("out_bindings", "@group(0) @binding(3) var<storage, read_write> out: array<Elem>;\n@group(0) @binding(4) var<uniform> info: Info;")
-            .with("store", "out[(b * info.sq + query) * width + head * D + dd] = Elem(o[i * G + g][e] / row_sum[row]);")
-            .with("store_stats", "");
-        let groups = [(sq as usize).div_ceil(self.rows_per_group), self.groups[1], self.groups[2]];
-        dispatch(shader, CubeDim::new_2d(16, 16), groups, inputs, &[out], &self.info)
-    }
+/// Output bindings and stores of the whole (normalised, in `Elem`) and the split (f32
+/// partials) forms; the kernels name the accumulated value `value`, the row's softmax sum
+/// `total` and its max `best`.
+const WHOLE_BINDINGS: &str = "@group(0) @binding(3) var<storage, read_write> out: array<Elem>;
+@group(0) @binding(4) var<uniform> info: Info;";
+const WHOLE_STORE: &str = "out[(b * info.sq + query) * width + head * D + dd] = Elem(value / total);";
+const SPLIT_BINDINGS: &str = "@group(0) @binding(3) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(5) var<uniform> info: Info;";
+const SPLIT_STORE: &str = "partial[((split * info.batch + b) * info.q_count + query - info.q_begin) * width + head * D + dd] = value;";
+const SPLIT_STATS: &str = "let at = ((split * info.batch + b) * info.heads + head) * info.q_count + query - info.q_begin;
+stats[2u * at] = best;
+stats[2u * at + 1u] = total;";
 
-    /// Query rows `[q_begin, q_begin + q_count)`: partials per key range, then their merge.
-    fn split(
-        &self,
-        inputs: &[&CubeTensor; 3],
-        out: &CubeTensor,
-        q_begin: usize,
-        q_count: usize,
-        head_dim: usize,
-    ) -> Option<()> {
-        let [batch, heads, sq, .., splits] = self.info.map(|v| v as usize);
-        let mut info = self.info;
+/// Launches `shader` over every query row: at once when the keys are not split, else per
+/// query range (partials within MAX_PARTIAL_BYTES), each followed by the combine kernel.
+fn run<F: ShaderFile>(
+    shader: Shader<F>,
+    layout: Layout,
+    mut info: [u32; 16],
+    inputs: &[&CubeTensor; 3],
+    out: &CubeTensor,
+    head_dim: usize,
+) -> Option<()> {
+    let [batch, heads, sq, .., splits] = info.map(|v| v as usize);
+    let groups_z = batch * splits;
+    if splits == 1 {
+        let shader = shader
+            .with("out_bindings", WHOLE_BINDINGS)
+            .with("store", WHOLE_STORE)
+            .with("store_stats", "");
+        let groups = [sq.div_ceil(layout.rows_per_group), layout.head_groups, groups_z];
+        return dispatch(shader, layout.workgroup, groups, inputs, &[out], &info);
+    }
+    let shader = shader
+        .with("out_bindings", SPLIT_BINDINGS)
+        .with("store", SPLIT_STORE)
+        .with("store_stats", SPLIT_STATS);
+    let inner = heads * head_dim;
+    let budget = MAX_PARTIAL_BYTES.min(max_binding_bytes(out) / 4);
+    let chunk = (budget / (splits * batch * inner * 4))
+        .max(1)
+        .next_multiple_of(layout.rows_per_group);
+    for q_begin in (0..sq).step_by(chunk) {
+        let q_count = chunk.min(sq - q_begin);
         info[12] = q_begin as u32;
         info[13] = q_count as u32;
-        let inner = heads * head_dim;
         let partial = empty(out, [splits * batch * q_count * inner], DType::F32);
         let stats = empty(out, [splits * batch * heads * q_count * 2], DType::F32);
-        let shader = Shader::<FlashAttentionFile>::from(&self.shader)
-            .with("out_bindings", "@group(0) @binding(3) var<storage, read_write> partial: array<f32>;\n@group(0) @binding(4) var<storage, read_write> stats: array<f32>;\n@group(0) @binding(5) var<uniform> info: Info;")
-            .with("store", "partial[((split * info.batch + b) * info.q_count + query - info.q_begin) * width + head * D + dd] = o[i * G + g][e];")
-            .with("store_stats", "let at = ((split * info.batch + b) * info.heads + head) * info.q_count + query - info.q_begin; stats[2u * at] = row_max[row]; stats[2u * at + 1u] = row_sum[row];");
-        let groups = [q_count.div_ceil(self.rows_per_group), self.groups[1], self.groups[2]];
-        dispatch(shader, CubeDim::new_2d(16, 16), groups, inputs, &[&partial, &stats], &info)?;
+        let groups = [q_count.div_ceil(layout.rows_per_group), layout.head_groups, groups_z];
+        let split_shader = Shader::from(&shader);
+        dispatch(split_shader, layout.workgroup, groups, inputs, &[&partial, &stats], &info)?;
         let combine = Shader::<FlashAttentionCombineFile>::new(out.dtype);
         let combine_info = [batch, heads, head_dim, sq, q_begin, q_count, splits, 0].map(|v| v as u32);
         let grid = grid_1d((batch * q_count * inner).div_ceil(256));
-        dispatch(combine, CubeDim::new_1d(256), grid, &[&partial, &stats], &[out], &combine_info)
+        dispatch(combine, CubeDim::new_1d(256), grid, &[&partial, &stats], &[out], &combine_info)?;
     }
+    Some(())
 }

@@ -52,6 +52,15 @@ impl<F: ShaderFile> Shader<F> {
     }
 }
 
+impl<F: ShaderFile> Shader<F> {
+    fn source_text(&self) -> String {
+        self.params
+            .iter()
+            .fold(SourceTemplate::new(F::TEXT), |t, (name, value)| t.register(*name, value.as_str()))
+            .complete()
+    }
+}
+
 impl<F: ShaderFile> From<&Shader<F>> for Shader<F> {
     fn from(shader: &Shader<F>) -> Self {
         Self {
@@ -63,16 +72,18 @@ impl<F: ShaderFile> From<&Shader<F>> for Shader<F> {
 
 impl<F: ShaderFile> KernelSource for Shader<F> {
     fn source(&self) -> SourceTemplate {
-        let t = self.params
+        let template = self
+            .params
             .iter()
             .fold(SourceTemplate::new(F::TEXT), |t, (name, value)| {
                 t.register(*name, value.as_str())
             });
-        if std::env::var("SDWEB_DUMP_WGSL").is_ok() {
-            let text = self.params.iter().fold(SourceTemplate::new(F::TEXT), |t, (n, v)| t.register(*n, v.as_str())).complete();
-            eprintln!("=== WGSL {:?}\n{text}", self.params);
+        // SDWEB_DUMP_WGSL=1 prints each kernel's final WGSL (naga's errors name lines of it).
+        if std::env::var_os("SDWEB_DUMP_WGSL").is_some() {
+            let text = Shader::<F>::from(self).source_text();
+            eprintln!("=== {} {:?}\n{text}", std::any::type_name::<F>(), self.params);
         }
-        t
+        template
     }
 
     fn id(&self) -> KernelId {
@@ -169,4 +180,9 @@ pub fn dispatch<F: ShaderFile>(
 /// the browser, a fallback adapter).
 pub fn on_cpu_adapter(t: &CubeTensor) -> bool {
     t.client.properties().identity.physical.is_none()
+}
+
+/// The largest buffer the device binds (its storage-binding limit, 128 MiB by WebGPU default).
+pub fn max_binding_bytes(t: &CubeTensor) -> usize {
+    usize::try_from(t.client.properties().memory.max_page_size).unwrap_or(usize::MAX)
 }

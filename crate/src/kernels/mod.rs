@@ -17,7 +17,7 @@ mod norm;
 mod quantized;
 mod tiles;
 
-pub use attention::{Heads, MAX_HEAD_DIM, flash_attention};
+pub use attention::{AttentionKernel, Heads, MAX_HEAD_DIM, flash_attention, flash_attention_with};
 pub use conv2d::{ConvEpilogue, conv2d};
 pub use linear::{GEMV_MAX_ROWS, linear};
 pub use norm::{geglu, group_norm, layer_norm};

@@ -4,7 +4,7 @@
 use burn::cubecl::CubeDim;
 use burn::tensor::{DType, Tensor};
 
-use super::launch::{ShaderFile, Shader, cube, dispatch, empty, fits_u32, grid_1d, tensor};
+use super::launch::{ShaderFile, Shader, cube, dispatch, empty, fits_u32, grid_1d, on_cpu_adapter, tensor};
 
 pub struct GroupNormStatsFile;
 impl ShaderFile for GroupNormStatsFile {
@@ -19,6 +19,11 @@ impl ShaderFile for GroupNormFile {
 pub struct LayerNormFile;
 impl ShaderFile for LayerNormFile {
     const TEXT: &'static str = include_str!("../../../shaders/layer_norm.wgsl");
+}
+
+pub struct LayerNormRowsFile;
+impl ShaderFile for LayerNormRowsFile {
+    const TEXT: &'static str = include_str!("../../../shaders/layer_norm_rows.wgsl");
 }
 
 pub struct GegluFile;
@@ -100,7 +105,7 @@ pub fn group_norm(
     Some(outputs)
 }
 
-/// Longest row the LayerNorm kernel keeps in registers (64 lanes × 32 values).
+/// Longest row the (GPU) LayerNorm kernel keeps in registers (64 lanes × 32 values).
 const MAX_LAYER_NORM_DIM: usize = 2048;
 
 /// LayerNorm over the last dimension, statistics in f32; the result has `x`'s dtype.
@@ -122,8 +127,16 @@ pub fn layer_norm<const D: usize>(
     let beta = cube(&beta.clone().cast(dtype))?;
     let out = empty(&input, dims, dtype);
     let info = [rows as u32, dim as u32, (eps as f32).to_bits(), 0];
-    let shader = Shader::<LayerNormFile>::new(dtype);
-    dispatch(shader, CubeDim::new_1d(64), grid_1d(rows), &[&input, &gamma, &beta], &[&out], &info)?;
+    let inputs = [&input, &gamma, &beta];
+    // A workgroup per row on GPUs; a row per invocation on CPU adapters, where a barrier costs
+    // a context switch per lane group.
+    if on_cpu_adapter(&input) {
+        let shader = Shader::<LayerNormRowsFile>::new(dtype);
+        dispatch(shader, CubeDim::new_1d(64), grid_1d(rows.div_ceil(64)), &inputs, &[&out], &info)?;
+    } else {
+        let shader = Shader::<LayerNormFile>::new(dtype);
+        dispatch(shader, CubeDim::new_1d(64), grid_1d(rows), &inputs, &[&out], &info)?;
+    }
     Some(tensor(out))
 }
 
