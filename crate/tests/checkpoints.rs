@@ -718,6 +718,7 @@ fn folder_rounded_to_f16(model: &str) -> StableDiffusion {
         device: d,
         dtype: DType::F32,
         preview_decoder: None,
+        compiled: Default::default(),
     }
 }
 
