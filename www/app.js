@@ -206,7 +206,9 @@ function loadModel(m) {
 
   // ?taesd=URL adds TAESD (image-sized step previews), e.g. ?taesd=https://huggingface.co/madebyollin/taesd/resolve/main
   const taesd = new URLSearchParams(location.search).get('taesd') || undefined;
-  const p = createGenerator({ model: m.url, onProgress, taesd, quantize: selectedQuantize() }).then((g) => {
+  // ?portable: neither subgroups nor shader-f16, as Safari and Firefox offer (see sdweb.js).
+  const portable = new URLSearchParams(location.search).has('portable');
+  const p = createGenerator({ model: m.url, onProgress, taesd, quantize: selectedQuantize(), portable }).then((g) => {
     if (token !== loadToken) { g.dispose(); throw new Error('superseded by another model'); }
     gen = app.generator = g;
     applyInfo(g.info);

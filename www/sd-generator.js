@@ -211,7 +211,8 @@ class SdGenerator extends HTMLElement {
       const url = new URL(model, document.baseURI).href;
       const onProgress = (ev) => { this.#onProgress(ev); this.#emit('sd-progress', ev); };
       const quantize = this.getAttribute('quantize') || undefined;   // q8_0 | q4_0: smaller GPU memory and cache
-      this.#gen = loadSdweb().then((m) => m.createGenerator({ model: url, onProgress, quantize }));
+      const portable = this.hasAttribute('portable');   // neither subgroups nor shader-f16 (f32)
+      this.#gen = loadSdweb().then((m) => m.createGenerator({ model: url, onProgress, quantize, portable }));
       // A failed load must be retryable on the next Generate.
       this.#gen.catch(() => { this.#gen = null; });
     }

@@ -79,9 +79,11 @@ function revisionOf(model) {
  * Loads a model in a new worker. Options: model (base URL), onProgress(event),
  * precision ('auto' | 'f32' | 'f16'), quantize ('q8_0' | 'q4_0': layer weights quantised as they
  * load and kept quantised on the GPU; see WEIGHT_FORMATS), revision (cache key; default from the URL or 'main'),
- * taesd (base URL of a TAESD repository, e.g. madebyollin/taesd: image-sized step previews).
+ * taesd (base URL of a TAESD repository, e.g. madebyollin/taesd: image-sized step previews),
+ * portable (true: run as on an adapter with neither `subgroups` nor `shader-f16`, f32 everywhere,
+ * which is what Safari and Firefox offer; sdweb's kernels need neither).
  */
-export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', quantize, revision, taesd } = {}) {
+export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', quantize, revision, taesd, portable = false } = {}) {
   if (!model) throw new Error('createGenerator: `model` (the base URL of a diffusers repository) is required');
   const gpu = await checkWebGPU();
   if (!gpu.ok) throw new Error(gpu.reason);
@@ -128,7 +130,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
   let info;
   try {
     const taesdUrl = taesd ? new URL(String(taesd).replace(/\/+$/, ''), globalThis.document?.baseURI ?? globalThis.location?.href).href : undefined;
-    info = await call({ op: 'load', model: base, revision: revision ?? revisionOf(base), precision, quantize, taesd: taesdUrl });
+    info = await call({ op: 'load', model: base, revision: revision ?? revisionOf(base), precision, quantize, taesd: taesdUrl, portable });
   } catch (e) {
     worker.terminate();
     throw e;

@@ -7,12 +7,22 @@
 import init, { ModelLoader, WeightsQuantizer } from './pkg/sdweb.js';
 import { ModelCache } from './cache.js';
 
-// wgpu does not surface WGSL compile errors; log them (with the failing line) so a shader
-// that a browser's compiler rejects is diagnosable from the console.
-// CubeCL's matmul emits `enable subgroups;` + subgroupAdd on WebGPU, but wgpu 30 never asks
-// the browser for the `subgroups` feature (its feature table lacks it), so every such shader
-// fails to compile. Request it ourselves whenever the adapter offers it.
+// sdweb's own kernels need neither the `subgroups` nor the `shader-f16` feature. A portable
+// load (createGenerator({ portable: true })) hides both from the adapter, so wgpu and CubeCL
+// see what Safari and Firefox offer: no subgroups, f32 everywhere.
+let hiddenFeatures = new Set();
 if (self.GPUAdapter) {
+  const features = Object.getOwnPropertyDescriptor(GPUAdapter.prototype, 'features').get;
+  Object.defineProperty(GPUAdapter.prototype, 'features', {
+    configurable: true,
+    get() {
+      const all = features.call(this);
+      return hiddenFeatures.size ? new Set([...all].filter((f) => !hiddenFeatures.has(f))) : all;
+    },
+  });
+  // CubeCL's own ops that read the subgroup size builtins (burn's matmul) declare
+  // `enable subgroups;`, which wgpu 30 never requests from the browser (its feature table lacks
+  // it): request it when the adapter offers it and it is not hidden.
   const requestDevice = GPUAdapter.prototype.requestDevice;
   GPUAdapter.prototype.requestDevice = function (descriptor = {}) {
     const features = new Set(descriptor.requiredFeatures ?? []);
@@ -21,6 +31,8 @@ if (self.GPUAdapter) {
   };
 }
 
+// wgpu does not surface WGSL compile errors; log them (with the failing line) so a shader
+// that a browser's compiler rejects is diagnosable from the console.
 if (self.GPUDevice) {
   const create = GPUDevice.prototype.createShaderModule;
   GPUDevice.prototype.createShaderModule = function (descriptor) {
@@ -103,8 +115,9 @@ async function quantizeCached(cache, component, quantize, sourceUrl, target, ent
   return { path: target.path, size: stored.size };
 }
 
-async function load({ model, revision, precision, quantize, taesd }, progress) {
+async function load({ model, revision, precision, quantize, taesd, portable }, progress) {
   if (generator) { generator.free(); generator = null; }
+  hiddenFeatures = new Set(portable ? ['subgroups', 'shader-f16'] : []);
   const cache = await ModelCache.open();
   const base = model.replace(/\/+$/, '');
   const url = (path) => `${base}/${path}`;
@@ -229,8 +242,14 @@ async function load({ model, revision, precision, quantize, taesd }, progress) {
     loader.free();
   }
   cache.close();
-  info = { model, ...JSON.parse(generator.info()) };
+  info = { model, ...JSON.parse(generator.info()), adapterFeatures: await adapterFeatures() };
   return info;
+}
+
+// The adapter features wgpu saw (after hiding, see `hiddenFeatures`), for gen.info.
+async function adapterFeatures() {
+  const adapter = await navigator.gpu?.requestAdapter();
+  return adapter ? [...adapter.features].sort() : [];
 }
 
 // img2img: the init image (an ImageBitmap from the page) as RGBA8 at the generation size.

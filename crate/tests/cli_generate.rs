@@ -88,34 +88,23 @@ fn generate_with_init_noise_writes_the_diffusers_image_with_metadata() {
     );
 }
 
-/// The attention path real GPUs take (`--attention auto` picks it off CPU adapters; lavapipe
-/// gets burn's fused kernel), end to end on both architectures: SD 1.x's multi-head UNet
-/// attention, SD 2.x's linear-projection transformer, and the VAE's single-head attention.
+/// burn's ops (`--kernels burn`, the baseline the bench compares sdweb's kernels with) give the
+/// diffusers image too: SD 2.x's linear-projection UNet, CLIP and the VAE through burn's
+/// matmul, conv, attention and norms.
 #[test]
-fn gemm_attention_gives_the_diffusers_image() {
-    for name in ["sd1-euler-cfg", "sd2-ddim-cfg"] {
-        let case = e2e_cases().into_iter().find(|c| c.name == name).unwrap();
-        let output = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("gemm-{name}.png"));
-        let noise = reference_dir().join("e2e").join(&case.init_noise);
-        let extra = [
-            "--init-noise",
-            noise.to_str().unwrap(),
-            "--attention",
-            "gemm",
-        ];
-        let result = sdweb(&case, &extra, &output);
-        assert!(
-            result.status.success(),
-            "sdweb failed:\n{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
-        let (rgb, ..) = decode_rgb(&std::fs::read(&output).unwrap());
-        assert_image_close(
-            &format!("{name} gemm attention"),
-            &rgb,
-            &reference_rgb(&case),
-        );
-    }
+fn burn_kernels_give_the_diffusers_image() {
+    let case = e2e_cases().into_iter().find(|c| c.name == "sd2-ddim-cfg").unwrap();
+    let output = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("burn-kernels.png");
+    let noise = reference_dir().join("e2e").join(&case.init_noise);
+    let extra = ["--init-noise", noise.to_str().unwrap(), "--kernels", "burn"];
+    let result = sdweb(&case, &extra, &output);
+    assert!(
+        result.status.success(),
+        "sdweb failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let (rgb, ..) = decode_rgb(&std::fs::read(&output).unwrap());
+    assert_image_close("sd2-ddim-cfg with burn's kernels", &rgb, &reference_rgb(&case));
 }
 
 #[test]

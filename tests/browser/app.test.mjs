@@ -92,8 +92,10 @@ function sdwebBin() {
   return bin;
 }
 
-test('the page generates with the bundled model; the image matches the native CLI and carries its parameters', { timeout: 15 * MINUTES }, async () => {
-  await page.goto(server.url);
+// The page runs `?portable`: the worker hides `subgroups` and `shader-f16` from the adapter, as
+// Safari and Firefox offer neither, so this is the f32, subgroup-free path.
+test('the page generates with the bundled model on an adapter without subgroups or shader-f16; the image matches the native CLI and carries its parameters', { timeout: 15 * MINUTES }, async () => {
+  await page.goto(`${server.url}?portable`);
   await page.evaluate(() => window.sdwebApp.ready);
   mkdirSync(SHOTS, { recursive: true });
   await page.fill('#prompt', PARAMS.prompt);
@@ -132,6 +134,11 @@ test('the page generates with the bundled model; the image matches the native CL
     Seed: String(PARAMS.seed), Size: '32x32', Model: 'demo',
   });
   assert.match(chunks['XML:com.adobe.xmp'], /Iptc4xmpExt:DigitalSourceType[^]*trainedAlgorithmicMedia/);
+
+  const info = await page.evaluate(() => window.sdwebApp.generator.info);
+  console.log(`adapter features the generator saw: ${info.adapterFeatures.join(', ')}; f16 compute: ${info.f16}`);
+  assert.ok(!info.adapterFeatures.includes('subgroups') && !info.adapterFeatures.includes('shader-f16'), JSON.stringify(info.adapterFeatures));
+  assert.equal(info.f16, false);
 });
 
 test('progress events arrive in order; abort stops within one step and the generator stays usable', { timeout: 10 * MINUTES }, async () => {
@@ -396,7 +403,7 @@ test('the widget generates on a third-party page (another origin) without CSS le
 <style>* { font-family: serif; color: red !important; } button { display: none; } img { border: 9px solid blue; }</style>
 <h1>A post with a generator</h1>
 <script type="module" src="${server.url}sd-generator.js"></script>
-<sd-generator model="${server.url}models/demo" prompt="a lighthouse" steps="1" width="32" height="32" seed="7"></sd-generator>`);
+<sd-generator model="${server.url}models/demo" prompt="a lighthouse" steps="1" guidance="7.5" scheduler="euler" width="32" height="32" seed="7" portable></sd-generator>`);
   thirdParty = await startServer({ port: 0, root: blog });
   const blogPage = await context.newPage();
   logConsole(blogPage, 'blog');
@@ -413,13 +420,21 @@ test('the widget generates on a third-party page (another origin) without CSS le
     button.click();
     const detail = await done;
     const img = widget.shadowRoot.querySelector('img');
-    return { seed: detail.seed, parameters: detail.parameters, size: detail.png.size, buttonDisplay, imgBorder: getComputedStyle(img).borderTopWidth, pageOrigin: location.origin };
+    const bytes = new Uint8Array(await detail.png.arrayBuffer());
+    let png = '';
+    for (const b of bytes) png += String.fromCharCode(b);
+    return { seed: detail.seed, parameters: detail.parameters, png: btoa(png), buttonDisplay, imgBorder: getComputedStyle(img).borderTopWidth, pageOrigin: location.origin };
   });
   await blogPage.screenshot({ path: path.join(SHOTS, 'widget-third-party.png') });
   assert.notEqual(new URL(thirdParty.url).origin, new URL(server.url).origin);
   assert.equal(result.seed, 7);
   assert.match(result.parameters, /^a lighthouse\nSteps: 1, /);
-  assert.ok(result.size > 100);
+  const nativePath = path.join(scratch, 'native-widget.png');
+  execFileSync(sdwebBin(), ['generate', '--model', FIXTURE, '--prompt', 'a lighthouse', '--steps', '1', '--guidance', '7.5',
+    '--scheduler', 'euler', '--width', '32', '--height', '32', '--seed', '7', '--precision', 'f32', '--output', nativePath], { stdio: 'inherit' });
+  const diff = await maxPixelDiff(result.png, readFileSync(nativePath).toString('base64'));
+  console.log(`widget vs native sdweb generate: max ${diff.max}/255, mean ${diff.mean?.toFixed(4)}/255`);
+  assert.ok(diff.max <= 3, `widget image differs from the CLI's by up to ${diff.max}/255 (limit 3): ${JSON.stringify(diff)}`);
   assert.notEqual(result.buttonDisplay, 'none', 'page CSS hid the widget button');
   assert.notEqual(result.imgBorder, '9px', 'page CSS styled the widget image');
 });
