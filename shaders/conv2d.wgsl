@@ -1,18 +1,18 @@
-// 2-D convolution (NCHW, groups 1, dilation 1) with a dense f32/f16 weight, as a register-tiled
-// implicit GEMM with f32 accumulation:
+// 2-D convolution (NCHW, groups 1, dilation 1) as a register-tiled implicit GEMM with f32
+// accumulation:
 //   out[n, oc, p] = bias[oc] + sum_k weight[oc, k] * patch[n, k, p]  (+ temb[n, oc]) (+ residual)
 // k runs over (in channel, ky, kx), torch's weight row order; patch values are gathered from the
 // input on the fly (zero outside the image: padding, also asymmetric). With `upsample` the input
 // is read as if nearest-2× upsampled first (diffusers' Upsample2D), without materialising it.
+// The weight is dense f32/f16 or q8_0/q4_0 blocks (`w_load`, as linear.wgsl).
 // A 16×16 workgroup computes (16·TM) out channels × (16·TN) pixels, each lane TM×TN of them in
 // 4×4 groups spaced 64 apart; the k loop is double-buffered as in linear.wgsl (≤ 16 KiB).
 // The epilogue adds a per-(image, channel) term (the ResNet's time embedding) and/or a residual
 // of the output's shape, so those are not extra passes over the activation.
-// Template parameters: enable_f16, elem, welem, tm, tn, bk, kh, kw, stride, upsample,
-// w_array/w_load (vec4 or scalar weight loads), temb_*, residual_*.
+// Bindings (declared by the launcher): input, weight (+ scales), bias (+ temb) (+ residual), out.
+// Template parameters: enable_f16, elem, tm, tn, bk, kh, kw, stride, upsample, w_load, epilogue.
 {{ enable_f16 }}
 alias Elem = {{ elem }};
-alias WElem = {{ welem }};
 
 struct Info {
     batch: u32,
@@ -29,12 +29,7 @@ struct Info {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> input: array<Elem>;
-@group(0) @binding(1) var<storage, read_write> weight: array<{{ w_array }}>;
-@group(0) @binding(2) var<storage, read_write> bias: array<Elem>;
-{{ extra_bindings }}
-@group(0) @binding({{ out_binding }}) var<storage, read_write> out: array<Elem>;
-@group(0) @binding({{ info_binding }}) var<uniform> info: Info;
+{{ bindings }}
 
 const TM: u32 = {{ tm }}u;
 const TN: u32 = {{ tn }}u;

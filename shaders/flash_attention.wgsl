@@ -15,7 +15,8 @@
 // every loop of an invocation once 65535 loop iterations have run in it (Mesa's loop limiter),
 // and a 4096-key row with a wide head exceeds that.
 // Template parameters: enable_f16, elem, d (head dim), dv (output dims per workgroup), rpt
-// (rows per lane), dc (dims per q·k step), out_bindings/store/store_stats (whole or split).
+// (rows per lane), dc (dims per q·k step), store / store_stats (whole or split).
+// Bindings (declared by the launcher): q, k, v, then out (whole) or partial, stats (split).
 {{ enable_f16 }}
 alias Elem = {{ elem }};
 
@@ -38,10 +39,7 @@ struct Info {
     splits: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> q: array<Elem>;
-@group(0) @binding(1) var<storage, read_write> k: array<Elem>;
-@group(0) @binding(2) var<storage, read_write> v: array<Elem>;
-{{ out_bindings }}
+{{ bindings }}
 
 const D: u32 = {{ d }}u;
 // Output dims per workgroup: a head wider than this (the VAE's 512) is split across VSPLIT

@@ -1,7 +1,8 @@
 // Merges the key-range partials of flash_attention.wgsl (split mode): for each query row and
 // head, with (m_s, l_s) the max and sum of split s and o_s its unnormalised output,
 //   out = sum_s o_s · exp(m_s − m) / sum_s l_s · exp(m_s − m),   m = max_s m_s.
-// Template parameters: enable_f16, elem.
+// Bindings: partial [split][b][row][heads·D], stats [split][b][head][row][max, sum], out
+// [b][sq][heads·D]. Template parameters: enable_f16, elem.
 {{ enable_f16 }}
 alias Elem = {{ elem }};
 
@@ -16,10 +17,7 @@ struct Info {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> partial: array<f32>; // [split][b][row][heads·D]
-@group(0) @binding(1) var<storage, read_write> stats: array<f32>;   // [split][b][head][row][2]
-@group(0) @binding(2) var<storage, read_write> out: array<Elem>;    // [b][sq][heads·D]
-@group(0) @binding(3) var<uniform> info: Info;
+{{ bindings }}
 
 @compute @workgroup_size(256, 1, 1)
 fn main(

@@ -8,7 +8,8 @@
 // llvmpipe's loop limiter (65535 loop iterations per invocation); with more than one range the
 // unnormalised output and (max, sum) go to f32 partials that flash_attention_combine.wgsl
 // merges. Layouts and `Info` as flash_attention.wgsl.
-// Template parameters: enable_f16, elem, d (head dim), out_bindings/store/store_stats.
+// Bindings as flash_attention.wgsl. Template parameters: enable_f16, elem, d (head dim),
+// store / store_stats.
 {{ enable_f16 }}
 alias Elem = {{ elem }};
 
@@ -31,10 +32,7 @@ struct Info {
     splits: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> q: array<Elem>;
-@group(0) @binding(1) var<storage, read_write> k: array<Elem>;
-@group(0) @binding(2) var<storage, read_write> v: array<Elem>;
-{{ out_bindings }}
+{{ bindings }}
 
 const D: u32 = {{ d }}u;
 const D4: u32 = (D + 3u) / 4u;

@@ -2,7 +2,7 @@
 // [rows, 2·inner] is (hidden, gate) along the last axis, and
 //   out[r, j] = hidden[r, j] · gelu(gate[r, j])   with torch's exact (erf) GELU
 // erf is Abramowitz & Stegun 7.1.26 (max error 1.5e-7), the polynomial CubeCL's erf uses.
-// Template parameters: enable_f16, elem.
+// Bindings: h, out. Template parameters: enable_f16, elem.
 {{ enable_f16 }}
 alias Elem = {{ elem }};
 
@@ -13,9 +13,7 @@ struct Info {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> h: array<Elem>;
-@group(0) @binding(1) var<storage, read_write> out: array<Elem>;
-@group(0) @binding(2) var<uniform> info: Info;
+{{ bindings }}
 
 fn erf(x: f32) -> f32 {
     let a = abs(x);

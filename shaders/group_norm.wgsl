@@ -3,7 +3,7 @@
 //   y = (x − mean) / sqrt(var + eps) · gamma[c] + beta[c],   then y · sigmoid(y) with `silu`
 // A workgroup takes a slice of one group's values: it first combines that group's statistics
 // triples (every band, every part; Chan's formula, in workgroup memory), then normalises.
-// Template parameters: enable_f16, elem, silu.
+// Bindings: x, stats, gamma, beta, out. Template parameters: enable_f16, elem, silu.
 {{ enable_f16 }}
 alias Elem = {{ elem }};
 
@@ -22,12 +22,7 @@ struct Info {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> x: array<Elem>;
-@group(0) @binding(1) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(2) var<storage, read_write> gamma: array<Elem>;
-@group(0) @binding(3) var<storage, read_write> beta: array<Elem>;
-@group(0) @binding(4) var<storage, read_write> out: array<Elem>;
-@group(0) @binding(5) var<uniform> info: Info;
+{{ bindings }}
 
 const SILU: bool = {{ silu }};
 

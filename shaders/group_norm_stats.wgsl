@@ -5,7 +5,7 @@
 // and writes the triple to stats[(band · groups_total + group) · parts + part]. Several bands of
 // rows of one tensor (see models/row_bands.rs) write their own triples; the apply kernel combines
 // every band's, so the statistics are the whole tensor's.
-// Template parameters: enable_f16, elem.
+// Bindings: x, stats. Template parameters: enable_f16, elem.
 {{ enable_f16 }}
 alias Elem = {{ elem }};
 
@@ -16,9 +16,7 @@ struct Info {
     band: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> x: array<Elem>;
-@group(0) @binding(1) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(2) var<uniform> info: Info;
+{{ bindings }}
 
 var<workgroup> counts: array<f32, 256>;
 var<workgroup> means: array<f32, 256>;

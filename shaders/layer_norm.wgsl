@@ -2,7 +2,7 @@
 // workgroup of 64 lanes per row, statistics in f32 (two passes: mean, then squared deviations,
 // as torch). Rows of SD are 320–1280 values: each lane keeps at most MAX_PER_LANE of them in
 // registers, so the row is read from memory once.
-// Template parameters: enable_f16, elem.
+// Bindings: x, gamma, beta, out. Template parameters: enable_f16, elem.
 {{ enable_f16 }}
 alias Elem = {{ elem }};
 
@@ -13,11 +13,7 @@ struct Info {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> x: array<Elem>;
-@group(0) @binding(1) var<storage, read_write> gamma: array<Elem>;
-@group(0) @binding(2) var<storage, read_write> beta: array<Elem>;
-@group(0) @binding(3) var<storage, read_write> out: array<Elem>;
-@group(0) @binding(4) var<uniform> info: Info;
+{{ bindings }}
 
 const LANES: u32 = 64u;
 const MAX_PER_LANE: u32 = 32u; // rows up to 2048 values

@@ -11,11 +11,7 @@ struct Info {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> x: array<Elem>;
-@group(0) @binding(1) var<storage, read_write> gamma: array<Elem>;
-@group(0) @binding(2) var<storage, read_write> beta: array<Elem>;
-@group(0) @binding(3) var<storage, read_write> out: array<Elem>;
-@group(0) @binding(4) var<uniform> info: Info;
+{{ bindings }}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(

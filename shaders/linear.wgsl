@@ -1,16 +1,18 @@
-// Linear layer with a dense f32/f16 weight, as a register-tiled GEMM with f32 accumulation:
+// Linear layer as a register-tiled GEMM with f32 accumulation:
 //   out[m, n] = bias[n] + sum_k x[m, k] * weight[n, k]  (+ residual[m, n])
 // x is [M, K] and the weight torch's [N, K]: both run along k, so both tiles load the same way.
+// The weight is dense f32/f16 or q8_0/q4_0 blocks dequantised as they load (`w_load`, see
+// crate/src/kernels/weight.rs): no dense copy of a quantised weight is ever written.
 // A 16×16 workgroup computes a (16·TM)×(16·TN) output tile; each lane owns TM×TN outputs in
 // groups of 4×4 spaced 64 apart (vec4 reads of the workgroup tiles, no bank-conflicting strides).
 // The k loop is double-buffered: the next tile is read from memory into registers while the
 // current one is multiplied, so each step needs one barrier. TM·TN·BK is chosen so that the two
 // buffered tile pairs take 16 KiB at most (WebGPU's default workgroup storage).
-// Template parameters: enable_f16, elem (activations), welem (weight), tm, tn, bk, vec
-// (vec4<elem> loads along k when K % 4 == 0, else "scalar"), residual_* (an added [M, N] input).
+// Bindings (declared by the launcher): x, weight (+ scales), bias (+ residual), out.
+// Template parameters: enable_f16, elem, tm, tn, bk, x_load / w_load (4 values along k: a vec4
+// load, four scalar ones when K % 4 != 0, or dequantised blocks), residual_add.
 {{ enable_f16 }}
 alias Elem = {{ elem }};
-alias WElem = {{ welem }};
 
 struct Info {
     m: u32,
@@ -19,12 +21,7 @@ struct Info {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> x: array<{{ x_array }}>;
-@group(0) @binding(1) var<storage, read_write> weight: array<{{ w_array }}>;
-@group(0) @binding(2) var<storage, read_write> bias: array<Elem>;
-{{ residual_binding }}
-@group(0) @binding({{ out_binding }}) var<storage, read_write> out: array<Elem>;
-@group(0) @binding({{ info_binding }}) var<uniform> info: Info;
+{{ bindings }}
 
 const TM: u32 = {{ tm }}u;
 const TN: u32 = {{ tn }}u;

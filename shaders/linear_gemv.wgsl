@@ -4,11 +4,9 @@
 // launch few workgroups. Here a workgroup takes 8 output columns, 32 lanes per column split k
 // (consecutive lanes read consecutive vec4s of one weight row), and the 32 partial sums per
 // output are added in workgroup memory (8 KiB). f32 accumulation.
-// Template parameters: enable_f16, elem, welem, x_array/w_array + x_load/w_load (vec4 or scalar
-// loads, as linear.wgsl), residual_*.
+// Bindings and template parameters as linear.wgsl (without the tile sizes).
 {{ enable_f16 }}
 alias Elem = {{ elem }};
-alias WElem = {{ welem }};
 
 struct Info {
     m: u32,
@@ -17,12 +15,7 @@ struct Info {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> x: array<{{ x_array }}>;
-@group(0) @binding(1) var<storage, read_write> weight: array<{{ w_array }}>;
-@group(0) @binding(2) var<storage, read_write> bias: array<Elem>;
-{{ residual_binding }}
-@group(0) @binding({{ out_binding }}) var<storage, read_write> out: array<Elem>;
-@group(0) @binding({{ info_binding }}) var<uniform> info: Info;
+{{ bindings }}
 
 const MAX_M: u32 = 8u;
 const COLUMNS: u32 = 8u;

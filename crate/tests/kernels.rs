@@ -11,7 +11,7 @@ use burn::tensor::module::{attention, conv2d, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{DType, Distribution, Tensor};
 use common::*;
-use sdweb::kernels::{self, AttentionKernel, ConvEpilogue, Heads};
+use sdweb::kernels::{self, AttentionKernel, ConvEpilogue, GemmWeight, Heads, Tiles};
 use sdweb::models::nn::{merge_heads, split_heads, upsample_nearest_2x};
 
 const F32_TOL: f32 = 1e-4;
@@ -35,6 +35,9 @@ fn burn_linear(x: &Tensor<2>, w: &Tensor<2>, b: &Tensor<1>) -> Tensor<2> {
     burn::tensor::module::linear(x.clone(), w.clone().transpose(), Some(b.clone()))
 }
 
+/// Both GEMM tiles (GPUs take the large one for big outputs, CPU adapters always the small).
+const TILES: [Tiles; 2] = [Tiles::Small, Tiles::Large];
+
 #[test]
 fn linear_matches_burn_for_gemm_gemv_and_unaligned_k() {
     // (M, N, K): a UNet projection at 64×64 latents with CFG, CLIP's 2×77 rows, the time
@@ -42,9 +45,11 @@ fn linear_matches_burn_for_gemm_gemv_and_unaligned_k() {
     for (m, n, k) in [(8192, 320, 320), (154, 768, 768), (2, 1280, 320), (77, 32, 37), (70, 45, 19)] {
         let (x, w, b) = (random([m, k], 1.0), random([n, k], 0.05), random([n], 0.5));
         let residual = random([m, n], 1.0);
-        let ours = kernels::linear(&x, &w, &b, Some(&residual)).expect("kernel applies");
-        let oracle = burn_linear(&x, &w, &b) + residual;
-        check(&format!("linear {m}x{n}x{k} f32"), ours, oracle, F32_TOL);
+        let oracle = burn_linear(&x, &w, &b) + residual.clone();
+        for tiles in TILES {
+            let ours = kernels::linear_with(Some(tiles), &x, GemmWeight::Dense(&w), &b, Some(&residual)).expect("kernel applies");
+            check(&format!("linear {m}x{n}x{k} {tiles:?} f32"), ours, oracle.clone(), F32_TOL);
+        }
     }
 }
 
@@ -55,15 +60,25 @@ fn linear_f16_activations_and_weights() {
         let w = f16_exact(random([n, k], 0.03));
         let b = f16_exact(random([n], 0.5));
         let oracle = burn_linear(&x, &w, &b);
-        let half = kernels::linear(&x.clone().cast(DType::F16), &w.clone().cast(DType::F16), &b, None)
-            .expect("kernel applies");
-        assert_eq!(half.dtype(), DType::F16);
-        check(&format!("linear {m}x{n}x{k} f16"), half.cast(DType::F32), oracle.clone(), F16_TOL);
+        let (xh, wh) = (x.clone().cast(DType::F16), w.clone().cast(DType::F16));
+        for tiles in TILES {
+            let half = kernels::linear_with(Some(tiles), &xh, GemmWeight::Dense(&wh), &b, None).expect("kernel applies");
+            assert_eq!(half.dtype(), DType::F16);
+            check(&format!("linear {m}x{n}x{k} {tiles:?} f16"), half.cast(DType::F32), oracle.clone(), F16_TOL);
+        }
         // f32 activations with an f16 weight (a VAE in f32 next to f16 weights) stay f32.
-        let mixed = kernels::linear(&x, &w.clone().cast(DType::F16), &b, None).unwrap();
+        let mixed = kernels::linear(&x, GemmWeight::Dense(&wh), &b, None).unwrap();
         assert_eq!(mixed.dtype(), DType::F32);
         check(&format!("linear {m}x{n}x{k} f16 weight"), mixed, oracle, F32_TOL);
     }
+}
+
+/// sdweb's conv with a dense `[out, in, kh, kw]` weight.
+fn conv(tiles: Tiles, x: &Tensor<4>, w: &Tensor<4>, b: &Tensor<1>, options: &ConvOptions<2>, epilogue: ConvEpilogue) -> Tensor<4> {
+    let [o, i, kh, kw] = w.dims();
+    let flat = w.clone().reshape([o, i * kh * kw]);
+    kernels::conv2d_with(Some(tiles), x, GemmWeight::Dense(&flat), [kh, kw], b, options, epilogue)
+        .expect("kernel applies")
 }
 
 fn options(stride: usize, padding: [(usize, usize); 2]) -> ConvOptions<2> {
@@ -86,23 +101,23 @@ fn conv2d_matches_burn_at_sd_shapes() {
         let w = random([cout, cin, kernel, kernel], 0.02);
         let b = random([cout], 0.5);
         let options = options(stride, padding);
-        let ours = kernels::conv2d(&x, &w, &b, &options, ConvEpilogue::default()).unwrap();
         let oracle = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
-        let what = format!("conv {cin}->{cout} k{kernel} s{stride} {size}x{size} f32");
-        check(&what, ours, oracle.clone(), F32_TOL);
+        let plain = ConvEpilogue::default();
+        for tiles in TILES {
+            let ours = conv(tiles, &x, &w, &b, &options, plain);
+            let what = format!("conv {cin}->{cout} k{kernel} s{stride} {size}x{size} {tiles:?} f32");
+            check(&what, ours, oracle.clone(), F32_TOL);
+        }
         if cin == 2560 {
             let (xh, wh) = (f16_exact(x), f16_exact(w));
             let oracle = conv2d(xh.clone(), wh.clone(), Some(b.clone()), options.clone());
-            let half = kernels::conv2d(
-                &xh.cast(DType::F16),
-                &wh.cast(DType::F16),
-                &b,
-                &options,
-                ConvEpilogue::default(),
-            )
-            .unwrap();
-            assert_eq!(half.dtype(), DType::F16);
-            check(&format!("conv {cin}->{cout} 3x3 f16"), half.cast(DType::F32), oracle, F16_TOL);
+            let (xh, wh) = (xh.cast(DType::F16), wh.cast(DType::F16));
+            for tiles in TILES {
+                let half = conv(tiles, &xh, &wh, &b, &options, plain);
+                assert_eq!(half.dtype(), DType::F16);
+                let what = format!("conv {cin}->{cout} 3x3 {tiles:?} f16");
+                check(&what, half.cast(DType::F32), oracle.clone(), F16_TOL);
+            }
         }
     }
 }
@@ -120,9 +135,11 @@ fn conv2d_epilogues_match_burn() {
         upsample: true,
         ..Default::default()
     };
-    let ours = kernels::conv2d(&x, &w, &b, &options, up).unwrap();
     let oracle = conv2d(upsample_nearest_2x(x.clone()), w.clone(), Some(b.clone()), options.clone());
-    check("conv upsample 2x", ours, oracle, F32_TOL);
+    for tiles in TILES {
+        let ours = conv(tiles, &x, &w, &b, &options, up);
+        check(&format!("conv upsample 2x {tiles:?}"), ours, oracle.clone(), F32_TOL);
+    }
 
     let residual = random([batch, cout, size, size], 1.0);
     let both = ConvEpilogue {
@@ -130,9 +147,13 @@ fn conv2d_epilogues_match_burn() {
         residual: Some(&residual),
         upsample: false,
     };
-    let ours = kernels::conv2d(&x, &w, &b, &options, both).unwrap();
-    let oracle = conv2d(x, w, Some(b), options) + temb.reshape([batch, cout, 1, 1]) + residual;
-    check("conv + temb + residual", ours, oracle, F32_TOL);
+    let oracle = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone())
+        + temb.clone().reshape([batch, cout, 1, 1])
+        + residual.clone();
+    for tiles in TILES {
+        let ours = conv(tiles, &x, &w, &b, &options, both);
+        check(&format!("conv + temb + residual {tiles:?}"), ours, oracle.clone(), F32_TOL);
+    }
 }
 
 fn burn_attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {

@@ -381,14 +381,46 @@ fn streamed_quantisation_equals_the_file_conversion() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The fused WGSL kernels (`shaders/quantized_*.wgsl`) against their oracle: burn's dequantise
-/// followed by burn's matmul / conv2d on the same quantised weight.
+/// sdweb's GEMM and conv kernels (`shaders/linear.wgsl`, `shaders/conv2d.wgsl`) reading q8_0 /
+/// q4_0 blocks, with both output tiles, against their oracle: burn's dequantise followed by
+/// burn's matmul / conv2d on the same quantised weight.
 mod fused_kernels {
     use super::*;
     use burn::tensor::module::{conv2d, linear};
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Tensor, TensorData};
-    use sdweb::kernels::{quantized_conv2d, quantized_linear};
+    use sdweb::kernels::{ConvEpilogue, GemmWeight, Tiles};
+
+    const TILES: [Tiles; 2] = [Tiles::Small, Tiles::Large];
+
+    fn zeros_unless(bias: Option<&Tensor<1>>, n: usize) -> Tensor<1> {
+        bias.cloned().unwrap_or_else(|| Tensor::zeros([n], &device()))
+    }
+
+    fn quantized_linear(
+        tiles: Tiles,
+        x: &Tensor<2>,
+        w: &Tensor<2>,
+        ty: QuantType,
+        bias: Option<&Tensor<1>>,
+    ) -> Option<Tensor<2>> {
+        let bias = zeros_unless(bias, w.dims()[0]);
+        sdweb::kernels::linear_with(Some(tiles), x, GemmWeight::Quantized(w, ty), &bias, None)
+    }
+
+    fn quantized_conv2d(
+        tiles: Tiles,
+        x: &Tensor<4>,
+        w: &Tensor<2>,
+        [_, _, kh, kw]: [usize; 4],
+        ty: QuantType,
+        bias: Option<&Tensor<1>>,
+        options: &ConvOptions<2>,
+    ) -> Option<Tensor<4>> {
+        let bias = zeros_unless(bias, w.dims()[0]);
+        let weight = GemmWeight::Quantized(w, ty);
+        sdweb::kernels::conv2d_with(Some(tiles), x, weight, [kh, kw], &bias, options, ConvEpilogue::default())
+    }
 
     fn tensor<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
         let n = shape.iter().product();
@@ -400,12 +432,9 @@ mod fused_kernels {
         upload_blocks(&blocks, ty, rows, cols, &device())
     }
 
+    /// Max abs difference (`errors` fails on a non-finite value).
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+        errors(a, b).0
     }
 
     fn dtypes() -> Vec<DType> {
@@ -432,21 +461,21 @@ mod fused_kernels {
                     let x = tensor([m, k], seed).cast(dtype);
                     let w = quantized(n, k, ty, seed + 1);
                     let bias = tensor([n], seed + 2);
-                    let fused = quantized_linear(&x, &w, ty, Some(&bias))
-                        .expect("the kernel applies to this shape");
-                    assert_eq!(fused.dims(), [m, n]);
-                    assert_eq!(fused.dtype(), dtype);
-                    let oracle = linear(
-                        x.cast(DType::F32),
-                        w.dequantize().cast(DType::F32).transpose(),
-                        Some(bias),
-                    );
-                    let diff = max_diff(&to_vec(fused.cast(DType::F32)), &to_vec(oracle));
-                    println!("linear {ty:?} {dtype:?} [{m}x{k}]·[{n}x{k}]ᵀ: max diff {diff:e}");
-                    assert!(
-                        diff <= tolerance(dtype),
-                        "{ty:?} {dtype:?} [{m}x{k}]·[{n}x{k}]ᵀ: max diff {diff}"
-                    );
+                    let oracle = to_vec(linear(
+                        x.clone().cast(DType::F32),
+                        w.clone().dequantize().cast(DType::F32).transpose(),
+                        Some(bias.clone()),
+                    ));
+                    for tiles in TILES {
+                        let fused = quantized_linear(tiles, &x, &w, ty, Some(&bias))
+                            .expect("the kernel applies to this shape");
+                        assert_eq!(fused.dims(), [m, n]);
+                        assert_eq!(fused.dtype(), dtype);
+                        let diff = max_diff(&to_vec(fused.cast(DType::F32)), &oracle);
+                        let what = format!("linear {ty:?} {dtype:?} {tiles:?} [{m}x{k}]·[{n}x{k}]ᵀ");
+                        println!("{what}: max diff {diff:e}");
+                        assert!(diff <= tolerance(dtype), "{what}: max diff {diff}");
+                    }
                 }
             }
         }
@@ -456,7 +485,7 @@ mod fused_kernels {
     fn linear_without_bias_adds_nothing() {
         let x = tensor([5, 64], 3);
         let w = quantized(9, 64, QuantType::Q8_0, 4);
-        let fused = quantized_linear(&x, &w, QuantType::Q8_0, None).unwrap();
+        let fused = quantized_linear(Tiles::Small, &x, &w, QuantType::Q8_0, None).unwrap();
         let oracle = linear(x, w.dequantize().cast(DType::F32).transpose(), None);
         let diff = max_diff(&to_vec(fused), &to_vec(oracle));
         assert!(diff <= 2e-5, "max diff {diff}");
@@ -484,24 +513,24 @@ mod fused_kernels {
                     let options =
                         ConvOptions::new_with_padding([stride, stride], padding, [1, 1], 1);
                     let w_shape = [out_ch, in_ch, kernel, kernel];
-                    let fused = quantized_conv2d(&x, &w, w_shape, ty, Some(&bias), &options)
-                        .expect("the kernel applies to this shape");
-                    assert_eq!(fused.dtype(), dtype);
                     let oracle = conv2d(
-                        x.cast(DType::F32),
-                        w.dequantize().cast(DType::F32).reshape(w_shape),
-                        Some(bias),
-                        options,
+                        x.clone().cast(DType::F32),
+                        w.clone().dequantize().cast(DType::F32).reshape(w_shape),
+                        Some(bias.clone()),
+                        options.clone(),
                     );
-                    assert_eq!(fused.dims(), oracle.dims(), "case {i}");
-                    let diff = max_diff(&to_vec(fused.cast(DType::F32)), &to_vec(oracle));
-                    println!(
-                        "conv2d {ty:?} {dtype:?} case {i} {shape:?}→{out_ch}: max diff {diff:e}"
-                    );
-                    assert!(
-                        diff <= tolerance(dtype),
-                        "{ty:?} {dtype:?} case {i} {shape:?}→{out_ch}: max diff {diff}"
-                    );
+                    let oracle_dims = oracle.dims();
+                    let oracle = to_vec(oracle);
+                    for tiles in TILES {
+                        let fused = quantized_conv2d(tiles, &x, &w, w_shape, ty, Some(&bias), &options)
+                            .expect("the kernel applies to this shape");
+                        assert_eq!(fused.dtype(), dtype);
+                        assert_eq!(fused.dims(), oracle_dims, "case {i}");
+                        let diff = max_diff(&to_vec(fused.cast(DType::F32)), &oracle);
+                        let what = format!("conv2d {ty:?} {dtype:?} {tiles:?} case {i} {shape:?}→{out_ch}");
+                        println!("{what}: max diff {diff:e}");
+                        assert!(diff <= tolerance(dtype), "{what}: max diff {diff}");
+                    }
                 }
             }
         }
@@ -513,8 +542,9 @@ mod fused_kernels {
         // Grouped conv: the caller must take burn's path.
         let x = tensor([1, 32, 4, 4], 10);
         let grouped = ConvOptions::new([1, 1], [0, 0], [1, 1], 2);
-        assert!(quantized_conv2d(&x, &w, [8, 16, 2, 2], QuantType::Q8_0, None, &grouped).is_none());
+        let small = Tiles::Small;
+        assert!(quantized_conv2d(small, &x, &w, [8, 16, 2, 2], QuantType::Q8_0, None, &grouped).is_none());
         // Linear whose input width does not match the weight.
-        assert!(quantized_linear(&tensor([3, 32], 11), &w, QuantType::Q8_0, None).is_none());
+        assert!(quantized_linear(small, &tensor([3, 32], 11), &w, QuantType::Q8_0, None).is_none());
     }
 }

@@ -14,7 +14,7 @@ use burn::cubecl::CubeDim;
 use burn::tensor::{DType, Tensor};
 
 use super::launch::{
-    Shader, ShaderFile, cube, dispatch, empty, fits_u32, grid_1d, max_binding_bytes,
+    Arg, Shader, ShaderFile, cube, dispatch, empty, fits_u32, grid_1d, max_binding_bytes,
     on_cpu_adapter, tensor,
 };
 
@@ -173,7 +173,7 @@ pub fn flash_attention_with(
         split_keys as u32,
         splits as u32,
     ];
-    let inputs = [&qc, &kc, &vc];
+    let inputs = [Arg::new("q", &qc), Arg::new("k", &kc), Arg::new("v", &vc)];
     match kernel {
         AttentionKernel::Tiled => {
             let output_dims = head_dim.min(MAX_OUTPUT_DIMS);
@@ -211,15 +211,10 @@ struct Layout {
     head_groups: usize,
 }
 
-/// Output bindings and stores of the whole (normalised, in `Elem`) and the split (f32
-/// partials) forms; the kernels name the accumulated value `value`, the row's softmax sum
-/// `total` and its max `best`.
-const WHOLE_BINDINGS: &str = "@group(0) @binding(3) var<storage, read_write> out: array<Elem>;
-@group(0) @binding(4) var<uniform> info: Info;";
+/// Stores of the whole (normalised, in `Elem`, to `out`) and the split (f32 `partial` and
+/// `stats`) forms; the kernels name the accumulated value `value`, the row's softmax sum `total`
+/// and its max `best`.
 const WHOLE_STORE: &str = "out[(b * info.sq + query) * width + head * D + dd] = Elem(value / total);";
-const SPLIT_BINDINGS: &str = "@group(0) @binding(3) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(5) var<uniform> info: Info;";
 const SPLIT_STORE: &str = "partial[((split * info.batch + b) * info.q_count + query - info.q_begin) * width + head * D + dd] = value;";
 const SPLIT_STATS: &str = "let at = ((split * info.batch + b) * info.heads + head) * info.q_count + query - info.q_begin;
 stats[2u * at] = best;
@@ -231,24 +226,18 @@ fn run<F: ShaderFile>(
     shader: Shader<F>,
     layout: Layout,
     mut info: [u32; 16],
-    inputs: &[&CubeTensor; 3],
+    inputs: &[Arg; 3],
     out: &CubeTensor,
     head_dim: usize,
 ) -> Option<()> {
     let [batch, heads, sq, .., splits] = info.map(|v| v as usize);
     let groups_z = batch * splits;
     if splits == 1 {
-        let shader = shader
-            .with("out_bindings", WHOLE_BINDINGS)
-            .with("store", WHOLE_STORE)
-            .with("store_stats", "");
+        let shader = shader.with("store", WHOLE_STORE).with("store_stats", "");
         let groups = [sq.div_ceil(layout.rows_per_group), layout.head_groups, groups_z];
-        return dispatch(shader, layout.workgroup, groups, inputs, &[out], &info);
+        return dispatch(shader, layout.workgroup, groups, inputs, &[Arg::new("out", out)], &info);
     }
-    let shader = shader
-        .with("out_bindings", SPLIT_BINDINGS)
-        .with("store", SPLIT_STORE)
-        .with("store_stats", SPLIT_STATS);
+    let shader = shader.with("store", SPLIT_STORE).with("store_stats", SPLIT_STATS);
     let inner = heads * head_dim;
     let budget = MAX_PARTIAL_BYTES.min(max_binding_bytes(out) / 4);
     let chunk = (budget / (splits * batch * inner * 4))
@@ -262,11 +251,12 @@ fn run<F: ShaderFile>(
         let stats = empty(out, [splits * batch * heads * q_count * 2], DType::F32);
         let groups = [q_count.div_ceil(layout.rows_per_group), layout.head_groups, groups_z];
         let split_shader = Shader::from(&shader);
-        dispatch(split_shader, layout.workgroup, groups, inputs, &[&partial, &stats], &info)?;
+        let partials = [Arg::new("partial", &partial), Arg::new("stats", &stats)];
+        dispatch(split_shader, layout.workgroup, groups, inputs, &partials, &info)?;
         let combine = Shader::<FlashAttentionCombineFile>::new(out.dtype);
         let combine_info = [batch, heads, head_dim, sq, q_begin, q_count, splits, 0].map(|v| v as u32);
         let grid = grid_1d((batch * q_count * inner).div_ceil(256));
-        dispatch(combine, CubeDim::new_1d(256), grid, &[&partial, &stats], &[out], &combine_info)?;
+        dispatch(combine, CubeDim::new_1d(256), grid, &partials, &[Arg::new("out", out)], &combine_info)?;
     }
     Some(())
 }

@@ -143,32 +143,81 @@ pub fn info_words(fields: &[u32]) -> Vec<u64> {
     words
 }
 
-/// Binds `inputs` and `outputs`, then the uniform `info` (CubeCL appends it as the last
-/// binding), and enqueues `groups` workgroups of `workgroup` lanes. None when the grid exceeds
-/// WebGPU's limits (the caller falls back to burn's op).
-/// Kernels declare every storage binding `read_write`: CubeCL sub-allocates small tensors in
-/// shared buffers, and one buffer bound both read-only and writable in a dispatch is a WebGPU
-/// usage conflict.
+/// One storage binding: the name the kernel reads it by, the tensor, and the WGSL type of its
+/// array's elements.
+pub struct Arg<'a> {
+    pub name: &'static str,
+    pub tensor: &'a CubeTensor,
+    pub ty: String,
+}
+
+impl<'a> Arg<'a> {
+    /// Elements of the tensor's own type (f32, f16; u32 for packed words).
+    pub fn new(name: &'static str, tensor: &'a CubeTensor) -> Self {
+        let ty = match tensor.dtype {
+            DType::F16 => "f16",
+            DType::F32 => "f32",
+            _ => "u32",
+        };
+        Self::typed(name, tensor, ty)
+    }
+
+    pub fn typed(name: &'static str, tensor: &'a CubeTensor, ty: impl Into<String>) -> Self {
+        Self {
+            name,
+            tensor,
+            ty: ty.into(),
+        }
+    }
+}
+
+/// Declares `args` as storage bindings 0.. and the uniform `info` after them (the order CubeCL
+/// binds them in), as the kernels' `{{ bindings }}`. Every binding is `read_write`: CubeCL
+/// sub-allocates small tensors in shared buffers, and one buffer bound both read-only and
+/// writable in a dispatch is a WebGPU usage conflict.
+fn declarations(args: &[Arg]) -> String {
+    let mut text = String::new();
+    for (i, arg) in args.iter().enumerate() {
+        text += &format!(
+            "@group(0) @binding({i}) var<storage, read_write> {}: array<{}>;\n",
+            arg.name, arg.ty
+        );
+    }
+    text + &format!("@group(0) @binding({}) var<uniform> info: Info;", args.len())
+}
+
+/// Declares and binds `inputs` then `outputs` (the kernel's `{{ bindings }}`), then the
+/// uniform `info`, and enqueues `groups` workgroups of `workgroup` lanes. None when the grid
+/// exceeds WebGPU's limits (the caller falls back to burn's op).
 pub fn dispatch<F: ShaderFile>(
     shader: Shader<F>,
     workgroup: CubeDim,
     groups: [usize; 3],
-    inputs: &[&CubeTensor],
-    outputs: &[&CubeTensor],
+    inputs: &[Arg],
+    outputs: &[Arg],
     info: &[u32],
 ) -> Option<()> {
     if groups.iter().any(|&g| g == 0 || g > MAX_GROUPS) {
         return None;
     }
+    let all: Vec<&Arg> = inputs.iter().chain(outputs).collect();
+    let decls: Vec<Arg> = all
+        .iter()
+        .map(|a| Arg::typed(a.name, a.tensor, a.ty.clone()))
+        .collect();
+    let mut shader = shader.with("bindings", declarations(&decls));
+    if decls.iter().any(|a| a.ty.contains("f16")) {
+        shader = shader.with("enable_f16", "enable f16;");
+    }
     let mut args = KernelArguments::new();
     for input in inputs {
-        args = args.with_buffer_io(input.handle.clone().binding(), BufferIOAttr::ReadOnly);
+        args = args.with_buffer_io(input.tensor.handle.clone().binding(), BufferIOAttr::ReadOnly);
     }
     for out in outputs {
-        args = args.with_buffer_io(out.handle.clone().binding(), BufferIOAttr::WriteOnly);
+        args = args.with_buffer_io(out.tensor.handle.clone().binding(), BufferIOAttr::WriteOnly);
     }
     let args = args.with_info(MetadataBindingInfo::custom(info_words(info)));
-    outputs.first()?.client.launch(
+    outputs.first()?.tensor.client.launch(
         Box::new(SourceKernel::new(shader, workgroup)),
         CubeCount::Static(groups[0] as u32, groups[1] as u32, groups[2] as u32),
         args,

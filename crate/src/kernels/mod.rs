@@ -4,7 +4,7 @@
 //! None needs the WebGPU `subgroups` feature, and none is autotuned: tile shapes follow shape
 //! rules in code (`tiles.rs`, `attention.rs`), so every pipeline a generation needs is known
 //! from its shapes and can be compiled before the first step. Each kernel has burn's op as its
-//! oracle in the tests (`tests/kernels.rs`, `tests/quantized.rs`), and returns None where it
+//! oracle in the tests (`tests/kernels.rs`; q8_0/q4_0 weights in `tests/quantized.rs`), and returns None where it
 //! does not apply (another backend, sizes beyond u32), for the caller to fall back to burn.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -14,15 +14,15 @@ mod conv2d;
 mod launch;
 mod linear;
 mod norm;
-mod quantized;
 mod tiles;
+mod weight;
 
 pub use attention::{AttentionKernel, Heads, MAX_HEAD_DIM, flash_attention, flash_attention_with};
-pub use conv2d::{ConvEpilogue, conv2d};
-pub use linear::{GEMV_MAX_ROWS, linear};
+pub use conv2d::{ConvEpilogue, conv2d, conv2d_with};
+pub use linear::{GEMV_MAX_ROWS, linear, linear_with};
 pub use norm::{geglu, group_norm, layer_norm};
-pub use quantized::{quantized_conv2d, quantized_linear};
 pub use tiles::Tiles;
+pub use weight::GemmWeight;
 
 /// Which implementation SD's hot ops (linear, conv2d, attention, group/layer norm, GEGLU) use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

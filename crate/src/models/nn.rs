@@ -5,7 +5,7 @@ use burn::tensor::module::{attention, conv2d, interpolate, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Tensor};
 
-use crate::kernels::{self, ConvEpilogue, Heads};
+use crate::kernels::{self, ConvEpilogue, GemmWeight, Heads};
 use crate::weights::{LayerWeight, WeightError, Weights};
 
 /// The kernels always add a bias: a `bias=False` layer gets zeros once at load, instead of a
@@ -64,24 +64,13 @@ impl Linear {
         if kernels::ours() {
             let rows = dims[..D - 1].iter().product();
             let flat = x.clone().reshape([rows, dims[D - 1]]);
-            let out = match &self.weight {
-                LayerWeight::Quantized { ty, matrix, .. } => {
-                    kernels::quantized_linear(&flat, matrix, *ty, Some(&self.kernel_bias))
-                        .map(|out| (out, false))
-                }
-                LayerWeight::Dense(weight) => {
-                    let flat_residual =
-                        residual.clone().map(|r| r.reshape([rows, self.out_features()]));
-                    kernels::linear(&flat, weight, &self.kernel_bias, flat_residual.as_ref())
-                        .map(|out| (out, true))
-                }
+            let flat_residual = residual.clone().map(|r| r.reshape([rows, self.out_features()]));
+            let weight = match &self.weight {
+                LayerWeight::Quantized { ty, matrix, .. } => GemmWeight::Quantized(matrix, *ty),
+                LayerWeight::Dense(weight) => GemmWeight::Dense(weight),
             };
-            if let Some((out, fused_residual)) = out {
-                let out = out.reshape(out_dims);
-                return match residual {
-                    Some(r) if !fused_residual => out + r,
-                    _ => out,
-                };
+            if let Some(out) = kernels::linear(&flat, weight, &self.kernel_bias, flat_residual.as_ref()) {
+                return out.reshape(out_dims);
             }
         }
         let weight = self.weight.dense(x.dtype()).transpose();
@@ -156,13 +145,17 @@ impl Conv2d {
         self.forward_with(x, &self.options, epilogue)
     }
 
+    /// `[out, in, kh, kw]`.
+    fn weight_shape(&self) -> [usize; 4] {
+        match &self.weight {
+            LayerWeight::Dense(w) => w.dims(),
+            LayerWeight::Quantized { shape, .. } => *shape,
+        }
+    }
+
     /// Kernel height, row stride and (top, bottom) row padding.
     pub fn row_geometry(&self) -> (usize, usize, (usize, usize)) {
-        let kernel = match &self.weight {
-            LayerWeight::Dense(w) => w.dims()[2],
-            LayerWeight::Quantized { shape, .. } => shape[2],
-        };
-        (kernel, self.options.stride[0], self.options.padding[0])
+        (self.weight_shape()[2], self.options.stride[0], self.options.padding[0])
     }
 
     /// The conv with its row padding replaced: a band of rows pads only at the image's edges.
@@ -174,20 +167,17 @@ impl Conv2d {
 
     fn forward_with(&self, x: Tensor<4>, options: &ConvOptions<2>, epilogue: ConvEpilogue) -> Tensor<4> {
         if kernels::ours() {
-            match &self.weight {
-                LayerWeight::Dense(weight) => {
-                    if let Some(out) = kernels::conv2d(&x, weight, &self.bias, options, epilogue) {
-                        return out;
-                    }
+            let [out_ch, in_ch, kh, kw] = self.weight_shape();
+            let flat;
+            let weight = match &self.weight {
+                LayerWeight::Dense(w) => {
+                    flat = w.clone().reshape([out_ch, in_ch * kh * kw]);
+                    GemmWeight::Dense(&flat)
                 }
-                // The quantised kernel has no epilogue: burn adds it.
-                LayerWeight::Quantized { ty, matrix, shape } => {
-                    let input = if epilogue.upsample { upsample_nearest_2x(x.clone()) } else { x.clone() };
-                    let bias = Some(&self.bias);
-                    if let Some(out) = kernels::quantized_conv2d(&input, matrix, *shape, *ty, bias, options) {
-                        return add_epilogue(out, &epilogue);
-                    }
-                }
+                LayerWeight::Quantized { ty, matrix, .. } => GemmWeight::Quantized(matrix, *ty),
+            };
+            if let Some(out) = kernels::conv2d(&x, weight, [kh, kw], &self.bias, options, epilogue) {
+                return out;
             }
         }
         let x = if epilogue.upsample { upsample_nearest_2x(x) } else { x };
