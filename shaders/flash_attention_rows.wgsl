@@ -1,5 +1,5 @@
 // Flash attention for CPU adapters (lavapipe, SwiftShader): the same online-softmax attention
-// as flash_attention.wgsl, but one invocation per query row, without workgroup memory or
+// as flash_attention.wgsl, but four query rows per invocation, without workgroup memory or
 // barriers. CPU drivers run a workgroup's invocations as SIMD lanes and each barrier as a
 // context switch of every lane group, which makes the tiled kernel slow there; here the lanes
 // of a SIMD group are consecutive query rows reading the same key and value rows (broadcast
@@ -9,7 +9,7 @@
 // unnormalised output and (max, sum) go to f32 partials that flash_attention_combine.wgsl
 // merges. Layouts and `Info` as flash_attention.wgsl.
 // Bindings as flash_attention.wgsl. Template parameters: enable_f16, elem, d (head dim),
-// store / store_stats.
+// loads, store / store_stats.
 {{ enable_f16 }}
 alias Elem = {{ elem }};
 
@@ -38,94 +38,91 @@ const D: u32 = {{ d }}u;
 const D4: u32 = (D + 3u) / 4u;
 const MASKED: f32 = -1e30;
 
-// 4 values of a row from `base`, zero past the head dim.
-fn q4(base: u32, c: u32) -> vec4<f32> {
-    var r = vec4<f32>(0.0);
-    for (var e = 0u; e < 4u; e++) {
-        if (4u * c + e < D) {
-            r[e] = f32(q[base + 4u * c + e]);
-        }
-    }
-    return r;
-}
-
-fn k4(base: u32, c: u32) -> vec4<f32> {
-    var r = vec4<f32>(0.0);
-    for (var e = 0u; e < 4u; e++) {
-        if (4u * c + e < D) {
-            r[e] = f32(k[base + 4u * c + e]);
-        }
-    }
-    return r;
-}
-
-fn v4(base: u32, c: u32) -> vec4<f32> {
-    var r = vec4<f32>(0.0);
-    for (var e = 0u; e < 4u; e++) {
-        if (4u * c + e < D) {
-            r[e] = f32(v[base + 4u * c + e]);
-        }
-    }
-    return r;
-}
+// q4 / k4 / v4: 4 values of a row of q / k / v from `base`, dims 4c..4c+3 (zero past the
+// head dim): unrolled loads when the head dim is a multiple of 4, else a guarded loop.
+{{ loads }}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
-    let query = info.q_begin + group.x * 64u + lane;
-    if (query >= info.q_begin + info.q_count) {
+    let end = info.q_begin + info.q_count;
+    let first = info.q_begin + (group.x * 64u + lane) * 4u;
+    if (first >= end) {
         return;
     }
     let head = group.y;
     let b = group.z / info.splits;
     let split = group.z % info.splits;
     let scale = bitcast<f32>(info.scale_bits);
-    let q_base = info.q_offset + (b * info.sq + query) * info.q_stride + head * D;
     let k_base = info.k_offset + b * info.sk * info.k_stride + head * D;
     let v_base = info.v_offset + b * info.sk * info.v_stride + head * D;
-    var qv: array<vec4<f32>, D4>;
-    for (var c = 0u; c < D4; c++) {
-        qv[c] = q4(q_base, c) * scale;
+    // Four query rows per invocation, one per vec4 component: qt[d] holds dim d of each row
+    // (rows past the end repeat the last one and are not stored), so a key costs vector
+    // arithmetic only, its loads shared by the four rows.
+    var qt: array<vec4<f32>, 4u * D4>;
+    for (var r = 0u; r < 4u; r++) {
+        let row = min(first + r, end - 1u);
+        let q_base = info.q_offset + (b * info.sq + row) * info.q_stride + head * D;
+        for (var c = 0u; c < D4; c++) {
+            let part = q4(q_base, c) * scale;
+            qt[4u * c][r] = part.x;
+            qt[4u * c + 1u][r] = part.y;
+            qt[4u * c + 2u][r] = part.z;
+            qt[4u * c + 3u][r] = part.w;
+        }
     }
-    var o: array<vec4<f32>, D4>;
-    var row_max = MASKED;
-    var row_sum = 0.0;
+    let rows = vec4<u32>(first, first + 1u, first + 2u, first + 3u);
+    var o: array<vec4<f32>, 4u * D4>;
+    var row_max = vec4<f32>(MASKED);
+    var row_sum = vec4<f32>(0.0);
     let key_begin = split * info.split_keys;
     var key_end = min(info.sk, key_begin + info.split_keys);
     if (info.causal != 0u) {
-        key_end = min(key_end, query + 1u);
+        // Key 0 comes first and is every row's (causal attention runs unsplit), so a masked
+        // score's weight below is exp(-1e30 - max) = 0.
+        key_end = min(key_end, min(first + 4u, end));
     }
     for (var key = key_begin; key < key_end; key++) {
-        var s = 0.0;
+        var s = vec4<f32>(0.0);
         for (var c = 0u; c < D4; c++) {
-            s += dot(qv[c], k4(k_base + key * info.k_stride, c));
+            let kk = k4(k_base + key * info.k_stride, c);
+            s += qt[4u * c] * kk.x + qt[4u * c + 1u] * kk.y + qt[4u * c + 2u] * kk.z + qt[4u * c + 3u] * kk.w;
         }
-        // One exp per key: the new score's weight, or the old max's rescale factor.
+        if (info.causal != 0u) {
+            s = select(s, vec4<f32>(MASKED), vec4<u32>(key) > rows);
+        }
+        // One exp per key and row: the new score's weight, or the old max's rescale factor.
         let e = exp(-abs(s - row_max));
-        let alpha = select(1.0, e, s > row_max);
-        let p = select(e, 1.0, s > row_max);
+        let grows = s > row_max;
+        let alpha = select(vec4<f32>(1.0), e, grows);
+        let p = select(e, vec4<f32>(1.0), grows);
         row_sum = row_sum * alpha + p;
         row_max = max(row_max, s);
         for (var c = 0u; c < D4; c++) {
-            o[c] = o[c] * alpha + p * v4(v_base + key * info.v_stride, c);
+            let vv = v4(v_base + key * info.v_stride, c);
+            o[4u * c] = o[4u * c] * alpha + p * vv.x;
+            o[4u * c + 1u] = o[4u * c + 1u] * alpha + p * vv.y;
+            o[4u * c + 2u] = o[4u * c + 2u] * alpha + p * vv.z;
+            o[4u * c + 3u] = o[4u * c + 3u] * alpha + p * vv.w;
         }
     }
     let width = info.heads * D;
-    {
-        let best = row_max;
-        let total = row_sum;
-        {{ store_stats }}
-    }
-    for (var c = 0u; c < D4; c++) {
-        for (var e = 0u; e < 4u; e++) {
-            let dd = 4u * c + e;
-            if (dd < D) {
-                let value = o[c][e];
-                let total = row_sum;
-                {{ store }}
-            }
+    for (var r = 0u; r < 4u; r++) {
+        let query = first + r;
+        if (query >= end) {
+            break;
+        }
+        {
+            let best = row_max[r];
+            let total = row_sum[r];
+            {{ store_stats }}
+        }
+        for (var dd = 0u; dd < D; dd++) {
+            let value = o[dd][r];
+            let total = row_sum[r];
+            {{ store }}
         }
     }
 }

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::cubecl::dry_run::DryRun;
 use burn::cubecl::launched::LaunchedKernels;
-use burn::cubecl::logging::{Duration, LaunchObservation, LaunchObserver, TimingMethod, TimingRequest};
+use burn::cubecl::logging::{
+    Duration, LaunchObservation, LaunchObserver, TimingMethod, TimingRequest,
+};
 
 /// The process's launch observer (CubeCL has one slot): counts every dispatch, and times each
 /// one when profiling was asked for before the first count.
@@ -22,7 +24,11 @@ impl LaunchObserver for Observer {
     }
 
     fn timing(&self) -> TimingRequest {
-        if self.profile.is_some() { TimingRequest::Resolved } else { TimingRequest::None }
+        if self.profile.is_some() {
+            TimingRequest::Resolved
+        } else {
+            TimingRequest::None
+        }
     }
 
     fn timed(&self, kernel: &'static str, duration: Duration, _method: TimingMethod) {

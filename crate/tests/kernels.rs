@@ -42,13 +42,26 @@ const TILES: [Tiles; 2] = [Tiles::Small, Tiles::Large];
 fn linear_matches_burn_for_gemm_gemv_and_unaligned_k() {
     // (M, N, K): a UNet projection at 64×64 latents with CFG, CLIP's 2×77 rows, the time
     // embedding's 2 rows (GEMV), a fixture's K = 37 (scalar loads), a ragged everything.
-    for (m, n, k) in [(8192, 320, 320), (154, 768, 768), (2, 1280, 320), (77, 32, 37), (70, 45, 19)] {
+    for (m, n, k) in [
+        (8192, 320, 320),
+        (154, 768, 768),
+        (2, 1280, 320),
+        (77, 32, 37),
+        (70, 45, 19),
+    ] {
         let (x, w, b) = (random([m, k], 1.0), random([n, k], 0.05), random([n], 0.5));
         let residual = random([m, n], 1.0);
         let oracle = burn_linear(&x, &w, &b) + residual.clone();
         for tiles in TILES {
-            let ours = kernels::linear_with(Some(tiles), &x, GemmWeight::Dense(&w), &b, Some(&residual)).expect("kernel applies");
-            check(&format!("linear {m}x{n}x{k} {tiles:?} f32"), ours, oracle.clone(), F32_TOL);
+            let ours =
+                kernels::linear_with(Some(tiles), &x, GemmWeight::Dense(&w), &b, Some(&residual))
+                    .expect("kernel applies");
+            check(
+                &format!("linear {m}x{n}x{k} {tiles:?} f32"),
+                ours,
+                oracle.clone(),
+                F32_TOL,
+            );
         }
     }
 }
@@ -62,23 +75,49 @@ fn linear_f16_activations_and_weights() {
         let oracle = burn_linear(&x, &w, &b);
         let (xh, wh) = (x.clone().cast(DType::F16), w.clone().cast(DType::F16));
         for tiles in TILES {
-            let half = kernels::linear_with(Some(tiles), &xh, GemmWeight::Dense(&wh), &b, None).expect("kernel applies");
+            let half = kernels::linear_with(Some(tiles), &xh, GemmWeight::Dense(&wh), &b, None)
+                .expect("kernel applies");
             assert_eq!(half.dtype(), DType::F16);
-            check(&format!("linear {m}x{n}x{k} {tiles:?} f16"), half.cast(DType::F32), oracle.clone(), F16_TOL);
+            check(
+                &format!("linear {m}x{n}x{k} {tiles:?} f16"),
+                half.cast(DType::F32),
+                oracle.clone(),
+                F16_TOL,
+            );
         }
         // f32 activations with an f16 weight (a VAE in f32 next to f16 weights) stay f32.
         let mixed = kernels::linear(&x, GemmWeight::Dense(&wh), &b, None).unwrap();
         assert_eq!(mixed.dtype(), DType::F32);
-        check(&format!("linear {m}x{n}x{k} f16 weight"), mixed, oracle, F32_TOL);
+        check(
+            &format!("linear {m}x{n}x{k} f16 weight"),
+            mixed,
+            oracle,
+            F32_TOL,
+        );
     }
 }
 
 /// sdweb's conv with a dense `[out, in, kh, kw]` weight.
-fn conv(tiles: Tiles, x: &Tensor<4>, w: &Tensor<4>, b: &Tensor<1>, options: &ConvOptions<2>, epilogue: ConvEpilogue) -> Tensor<4> {
+fn conv(
+    tiles: Tiles,
+    x: &Tensor<4>,
+    w: &Tensor<4>,
+    b: &Tensor<1>,
+    options: &ConvOptions<2>,
+    epilogue: ConvEpilogue,
+) -> Tensor<4> {
     let [o, i, kh, kw] = w.dims();
     let flat = w.clone().reshape([o, i * kh * kw]);
-    kernels::conv2d_with(Some(tiles), x, GemmWeight::Dense(&flat), [kh, kw], b, options, epilogue)
-        .expect("kernel applies")
+    kernels::conv2d_with(
+        Some(tiles),
+        x,
+        GemmWeight::Dense(&flat),
+        [kh, kw],
+        b,
+        options,
+        epilogue,
+    )
+    .expect("kernel applies")
 }
 
 fn options(stride: usize, padding: [(usize, usize); 2]) -> ConvOptions<2> {
@@ -105,7 +144,8 @@ fn conv2d_matches_burn_at_sd_shapes() {
         let plain = ConvEpilogue::default();
         for tiles in TILES {
             let ours = conv(tiles, &x, &w, &b, &options, plain);
-            let what = format!("conv {cin}->{cout} k{kernel} s{stride} {size}x{size} {tiles:?} f32");
+            let what =
+                format!("conv {cin}->{cout} k{kernel} s{stride} {size}x{size} {tiles:?} f32");
             check(&what, ours, oracle.clone(), F32_TOL);
         }
         if cin == 2560 {
@@ -135,10 +175,20 @@ fn conv2d_epilogues_match_burn() {
         upsample: true,
         ..Default::default()
     };
-    let oracle = conv2d(upsample_nearest_2x(x.clone()), w.clone(), Some(b.clone()), options.clone());
+    let oracle = conv2d(
+        upsample_nearest_2x(x.clone()),
+        w.clone(),
+        Some(b.clone()),
+        options.clone(),
+    );
     for tiles in TILES {
         let ours = conv(tiles, &x, &w, &b, &options, up);
-        check(&format!("conv upsample 2x {tiles:?}"), ours, oracle.clone(), F32_TOL);
+        check(
+            &format!("conv upsample 2x {tiles:?}"),
+            ours,
+            oracle.clone(),
+            F32_TOL,
+        );
     }
 
     let residual = random([batch, cout, size, size], 1.0);
@@ -152,11 +202,22 @@ fn conv2d_epilogues_match_burn() {
         + residual.clone();
     for tiles in TILES {
         let ours = conv(tiles, &x, &w, &b, &options, both);
-        check(&format!("conv + temb + residual {tiles:?}"), ours, oracle.clone(), F32_TOL);
+        check(
+            &format!("conv + temb + residual {tiles:?}"),
+            ours,
+            oracle.clone(),
+            F32_TOL,
+        );
     }
 }
 
-fn burn_attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
+fn burn_attention(
+    q: &Tensor<3>,
+    k: &Tensor<3>,
+    v: &Tensor<3>,
+    heads: usize,
+    causal: bool,
+) -> Tensor<3> {
     let options = AttentionModuleOptions {
         is_causal: causal,
         ..Default::default()
@@ -170,11 +231,23 @@ fn burn_attention(q: &Tensor<3>, k: &Tensor<3>, v: &Tensor<3>, heads: usize, cau
 fn attention_kernels() -> [AttentionKernel; 2] {
     let cpu = kernels::on_cpu_adapter(&random([1], 1.0));
     let first = AttentionKernel::for_adapter(cpu);
-    let other = if first == AttentionKernel::Rows { AttentionKernel::Tiled } else { AttentionKernel::Rows };
+    let other = if first == AttentionKernel::Rows {
+        AttentionKernel::Tiled
+    } else {
+        AttentionKernel::Rows
+    };
     [first, other]
 }
 
-fn flash(kernel: AttentionKernel, q: Heads, k: Heads, v: Heads, heads: usize, dim: usize, causal: bool) -> Tensor<3> {
+fn flash(
+    kernel: AttentionKernel,
+    q: Heads,
+    k: Heads,
+    v: Heads,
+    heads: usize,
+    dim: usize,
+    causal: bool,
+) -> Tensor<3> {
     kernels::flash_attention_with(kernel, q, k, v, heads, dim, causal).expect("kernel applies")
 }
 
@@ -186,17 +259,49 @@ fn flash_attention_matches_burn_for_every_sd_head_dim() {
     for kernel in attention_kernels() {
         for (heads, dim) in [(2, 40), (1, 64), (1, 80), (1, 160), (1, 512)] {
             let q = random([1, 128, heads * dim], 1.0);
-            let (k, v) = (random([1, 4096, heads * dim], 1.0), random([1, 4096, heads * dim], 1.0));
-            let ours = flash(kernel, (&q).into(), (&k).into(), (&v).into(), heads, dim, false);
+            let (k, v) = (
+                random([1, 4096, heads * dim], 1.0),
+                random([1, 4096, heads * dim], 1.0),
+            );
+            let ours = flash(
+                kernel,
+                (&q).into(),
+                (&k).into(),
+                (&v).into(),
+                heads,
+                dim,
+                false,
+            );
             let oracle = burn_attention(&q, &k, &v, heads, false);
-            check(&format!("{kernel:?} flash attention d{dim} 128x4096 f32"), ours, oracle, F32_TOL);
+            check(
+                &format!("{kernel:?} flash attention d{dim} 128x4096 f32"),
+                ours,
+                oracle,
+                F32_TOL,
+            );
         }
         let (heads, dim) = (8, 40);
         let q = random([2, 512, heads * dim], 1.0);
-        let (k, v) = (random([2, 77, heads * dim], 1.0), random([2, 77, heads * dim], 1.0));
-        let ours = flash(kernel, (&q).into(), (&k).into(), (&v).into(), heads, dim, false);
+        let (k, v) = (
+            random([2, 77, heads * dim], 1.0),
+            random([2, 77, heads * dim], 1.0),
+        );
+        let ours = flash(
+            kernel,
+            (&q).into(),
+            (&k).into(),
+            (&v).into(),
+            heads,
+            dim,
+            false,
+        );
         let oracle = burn_attention(&q, &k, &v, heads, false);
-        check(&format!("{kernel:?} flash cross-attention 512x77"), ours, oracle, F32_TOL);
+        check(
+            &format!("{kernel:?} flash cross-attention 512x77"),
+            ours,
+            oracle,
+            F32_TOL,
+        );
     }
 }
 
@@ -205,26 +310,56 @@ fn flash_attention_f16_causal_and_fused_qkv_layouts() {
     for kernel in attention_kernels() {
         let (heads, dim) = (5, 64);
         let q = f16_exact(random([2, 256, heads * dim], 1.0));
-        let (k, v) = (f16_exact(random([2, 2048, heads * dim], 1.0)), f16_exact(random([2, 2048, heads * dim], 1.0)));
+        let (k, v) = (
+            f16_exact(random([2, 2048, heads * dim], 1.0)),
+            f16_exact(random([2, 2048, heads * dim], 1.0)),
+        );
         let oracle = burn_attention(&q, &k, &v, heads, false);
         let half = |t: &Tensor<3>| t.clone().cast(DType::F16);
         let (qh, kh, vh) = (half(&q), half(&k), half(&v));
-        let ours = flash(kernel, (&qh).into(), (&kh).into(), (&vh).into(), heads, dim, false);
+        let ours = flash(
+            kernel,
+            (&qh).into(),
+            (&kh).into(),
+            (&vh).into(),
+            heads,
+            dim,
+            false,
+        );
         assert_eq!(ours.dtype(), DType::F16);
-        check(&format!("{kernel:?} flash attention d64 f16"), ours.cast(DType::F32), oracle, F16_TOL);
+        check(
+            &format!("{kernel:?} flash attention d64 f16"),
+            ours.cast(DType::F32),
+            oracle,
+            F16_TOL,
+        );
 
         // CLIP: causal over 77 tokens, 12 heads of 64, q/k/v as column ranges of one [.., 3·768].
         let (heads, dim) = (12, 64);
         let qkv = random([2, 77, 3 * heads * dim], 1.0);
-        let part = |i: usize| Heads { tokens: &qkv, column: i * heads * dim };
+        let part = |i: usize| Heads {
+            tokens: &qkv,
+            column: i * heads * dim,
+        };
         let ours = flash(kernel, part(0), part(1), part(2), heads, dim, true);
         let cols = |i: usize| qkv.clone().narrow(2, i * heads * dim, heads * dim);
         let oracle = burn_attention(&cols(0), &cols(1), &cols(2), heads, true);
-        check(&format!("{kernel:?} flash attention causal 77 tokens, fused qkv"), ours, oracle, F32_TOL);
+        check(
+            &format!("{kernel:?} flash attention causal 77 tokens, fused qkv"),
+            ours,
+            oracle,
+            F32_TOL,
+        );
     }
 }
 
-fn burn_group_norm(x: &Tensor<4>, groups: usize, gamma: &Tensor<1>, beta: &Tensor<1>, eps: f64) -> Tensor<4> {
+fn burn_group_norm(
+    x: &Tensor<4>,
+    groups: usize,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    eps: f64,
+) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     let g = x.clone().reshape([n, groups, (c / groups) * h * w]);
     let mean = g.clone().mean_dim(2);
@@ -244,9 +379,23 @@ fn group_norm_matches_burn_whole_and_in_bands() {
     let norm = |bands: &[Tensor<4>], silu_too: bool| {
         kernels::group_norm(bands, 32, &gamma, &beta, 1e-5, silu_too).expect("kernel applies")
     };
-    check("group norm 320ch 64x64", norm(&[x.clone()], false).remove(0), oracle.clone(), F32_TOL);
-    check("group norm + silu", norm(&[x.clone()], true).remove(0), silu(oracle.clone()), F32_TOL);
-    let bands = vec![x.clone().narrow(2, 0, 20), x.clone().narrow(2, 20, 30), x.clone().narrow(2, 50, 14)];
+    check(
+        "group norm 320ch 64x64",
+        norm(&[x.clone()], false).remove(0),
+        oracle.clone(),
+        F32_TOL,
+    );
+    check(
+        "group norm + silu",
+        norm(&[x.clone()], true).remove(0),
+        silu(oracle.clone()),
+        F32_TOL,
+    );
+    let bands = vec![
+        x.clone().narrow(2, 0, 20),
+        x.clone().narrow(2, 20, 30),
+        x.clone().narrow(2, 50, 14),
+    ];
     let banded = Tensor::cat(norm(&bands, false), 2);
     check("group norm in 3 bands", banded, oracle, F32_TOL);
 
@@ -254,7 +403,12 @@ fn group_norm_matches_burn_whole_and_in_bands() {
     let oracle = silu(burn_group_norm(&xh, 32, &gamma, &beta, 1e-5));
     let half = norm(&[xh.cast(DType::F16)], true).remove(0);
     assert_eq!(half.dtype(), DType::F16);
-    check("group norm + silu f16", half.cast(DType::F32), oracle, F16_TOL);
+    check(
+        "group norm + silu f16",
+        half.cast(DType::F32),
+        oracle,
+        F16_TOL,
+    );
 }
 
 #[test]
@@ -268,10 +422,46 @@ fn layer_norm_and_geglu_match_burn() {
         let xh = f16_exact(x);
         let oracle = layer_norm(xh.clone(), gamma.clone(), Some(beta.clone()), 1e-5);
         let half = kernels::layer_norm(&xh.cast(DType::F16), &gamma, &beta, 1e-5).unwrap();
-        check(&format!("layer norm {rows}x{dim} f16"), half.cast(DType::F32), oracle, F16_TOL);
+        check(
+            &format!("layer norm {rows}x{dim} f16"),
+            half.cast(DType::F32),
+            oracle,
+            F16_TOL,
+        );
     }
     let h = random([2, 1024, 2 * 1280], 2.0);
     let ours = kernels::geglu(&h).expect("kernel applies");
     let oracle = h.clone().narrow(2, 0, 1280) * gelu(h.narrow(2, 1280, 1280));
     check("geglu 2x1024x1280", ours, oracle, F32_TOL);
+}
+
+/// The feed-forward over chunks of token rows (how large images stay under the binding limit)
+/// equals one call, chunk boundaries inside and across the images of a batch.
+#[test]
+fn feed_forward_in_row_chunks_equals_one_call() {
+    use sdweb::models::attention::FeedForward;
+    use sdweb::weights::TensorStore;
+    let dim = 32;
+    let mut store = TensorStore::new(&device(), DType::F32, "random feed-forward");
+    for (name, shape) in [
+        ("net.0.proj.weight", vec![8 * dim, dim]),
+        ("net.0.proj.bias", vec![8 * dim]),
+        ("net.2.weight", vec![dim, 4 * dim]),
+        ("net.2.bias", vec![dim]),
+    ] {
+        let n = shape.iter().product();
+        store.insert_f32(name, &shape, to_vec(random([n], 0.2)));
+    }
+    let ff = FeedForward::load(&store.root(), dim).expect("weights as inserted");
+    let (x, residual) = (random([2, 45, dim], 1.0), random([2, 45, dim], 1.0));
+    let whole = ff.forward_add_in_chunks(x.clone(), residual.clone(), usize::MAX);
+    for chunk_rows in [7, 45, 60] {
+        let chunked = ff.forward_add_in_chunks(x.clone(), residual.clone(), chunk_rows);
+        check(
+            &format!("feed-forward in {chunk_rows}-row chunks"),
+            chunked,
+            whole.clone(),
+            1e-6,
+        );
+    }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU benchmark on a machine with a GPU (Vulkan), Python 3.10+ and torch: unpacks the sdweb
-# binary that tests/gpu/pack.sh put in .gpu/, installs the carried diffusers/transformers
-# wheels into a venv over the system's packages when diffusers is missing, and runs bench.py
+# The GPU benchmark on a machine with a GPU (Vulkan), Python 3.11+ and torch: unpacks the sdweb
+# binary that tests/gpu/pack.sh put in .gpu/, installs the carried wheels (diffusers; with
+# SDWEB_GPU_PYTHON at pack time transformers too) into a venv over the system's packages when
+# diffusers is missing (pip takes the rest from the system), and runs bench.py
 # (results: the table on stdout, JSON in $OUT or the work folder). Arguments go to bench.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

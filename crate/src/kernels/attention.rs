@@ -82,6 +82,25 @@ fn dims_per_step(head_dim: usize, rows: usize) -> usize {
     head_dim.min(1536 / (rows + 32))
 }
 
+/// Query rows per invocation of the rows kernel: four, one per vec4 component, sharing each
+/// key's and value's loads (a CPU driver gathers every lane's load) and its arithmetic.
+const ROWS_PER_INVOCATION: usize = 4;
+
+/// The rows kernel's `q4`/`k4`/`v4`: a CPU driver runs a loop with a dynamic vector index
+/// slowly, so head dims that are multiples of 4 (all of SD's) get straight-line loads.
+fn row_loads(head_dim: usize) -> String {
+    ["q", "k", "v"]
+        .map(|name| {
+            let body = if head_dim % 4 == 0 {
+                format!("let i = base + 4u * c;\n    return vec4<f32>(f32({name}[i]), f32({name}[i + 1u]), f32({name}[i + 2u]), f32({name}[i + 3u]));")
+            } else {
+                format!("var r = vec4<f32>(0.0);\n    for (var e = 0u; e < 4u; e++) {{\n        if (4u * c + e < D) {{\n            r[e] = f32({name}[base + 4u * c + e]);\n        }}\n    }}\n    return r;")
+            };
+            format!("fn {name}4(base: u32, c: u32) -> vec4<f32> {{\n    {body}\n}}\n")
+        })
+        .join("\n")
+}
+
 /// Loop iterations an invocation may spend on its keys: half of llvmpipe's 65535 limit, the
 /// rest left to the kernel's other loops.
 const KEY_LOOP_BUDGET: usize = 32768;
@@ -121,7 +140,15 @@ pub fn flash_attention(
         .clone()
         .try_into_primitive::<burn::backend::Wgpu>()
         .is_ok_and(|t| on_cpu_adapter(&t));
-    flash_attention_with(AttentionKernel::for_adapter(cpu), q, k, v, heads, head_dim, causal)
+    flash_attention_with(
+        AttentionKernel::for_adapter(cpu),
+        q,
+        k,
+        v,
+        heads,
+        head_dim,
+        causal,
+    )
 }
 
 /// [`flash_attention`] with a given kernel (tests run both on one adapter).
@@ -139,11 +166,20 @@ pub fn flash_attention_with(
     let [vb, vs, v_width] = v.tokens.dims();
     let inner = heads * head_dim;
     let fits = |h: &Heads, width: usize| h.column + inner <= width;
-    if kb != batch || vb != batch || vs != sk || sk == 0 || sq == 0 || head_dim == 0
+    if kb != batch
+        || vb != batch
+        || vs != sk
+        || sk == 0
+        || sq == 0
+        || head_dim == 0
         || head_dim > MAX_HEAD_DIM
         || !(fits(&q, q_width) && fits(&k, k_width) && fits(&v, v_width))
         || (causal && sq != sk)
-        || !fits_u32(&[batch * sq * q_width, batch * sk * k_width, batch * sk * v_width])
+        || !fits_u32(&[
+            batch * sq * q_width,
+            batch * sk * k_width,
+            batch * sk * v_width,
+        ])
     {
         return None;
     }
@@ -154,6 +190,11 @@ pub fn flash_attention_with(
     let out = empty(&qc, [batch, sq, inner], dtype);
     let split_keys = split_keys(kernel, on_cpu_adapter(&qc), head_dim, sk);
     let splits = sk.div_ceil(split_keys);
+    if causal && splits > 1 && kernel == AttentionKernel::Rows {
+        // The rows kernel's causal masking needs each row's first key in its range (CLIP's 77
+        // tokens never split).
+        return None;
+    }
     let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
     let info = [
         batch as u32,
@@ -191,10 +232,12 @@ pub fn flash_attention_with(
             run(shader, layout, info, &inputs, &out, head_dim)?;
         }
         AttentionKernel::Rows => {
-            let shader = Shader::<FlashAttentionRowsFile>::new(dtype).with("d", head_dim);
+            let shader = Shader::<FlashAttentionRowsFile>::new(dtype)
+                .with("d", head_dim)
+                .with("loads", row_loads(head_dim));
             let layout = Layout {
                 workgroup: CubeDim::new_1d(64),
-                rows_per_group: 64,
+                rows_per_group: 64 * ROWS_PER_INVOCATION,
                 head_groups: heads,
             };
             run(shader, layout, info, &inputs, &out, head_dim)?;
@@ -214,9 +257,11 @@ struct Layout {
 /// Stores of the whole (normalised, in `Elem`, to `out`) and the split (f32 `partial` and
 /// `stats`) forms; the kernels name the accumulated value `value`, the row's softmax sum `total`
 /// and its max `best`.
-const WHOLE_STORE: &str = "out[(b * info.sq + query) * width + head * D + dd] = Elem(value / total);";
+const WHOLE_STORE: &str =
+    "out[(b * info.sq + query) * width + head * D + dd] = Elem(value / total);";
 const SPLIT_STORE: &str = "partial[((split * info.batch + b) * info.q_count + query - info.q_begin) * width + head * D + dd] = value;";
-const SPLIT_STATS: &str = "let at = ((split * info.batch + b) * info.heads + head) * info.q_count + query - info.q_begin;
+const SPLIT_STATS: &str =
+    "let at = ((split * info.batch + b) * info.heads + head) * info.q_count + query - info.q_begin;
 stats[2u * at] = best;
 stats[2u * at + 1u] = total;";
 
@@ -234,10 +279,23 @@ fn run<F: ShaderFile>(
     let groups_z = batch * splits;
     if splits == 1 {
         let shader = shader.with("store", WHOLE_STORE).with("store_stats", "");
-        let groups = [sq.div_ceil(layout.rows_per_group), layout.head_groups, groups_z];
-        return dispatch(shader, layout.workgroup, groups, inputs, &[Arg::new("out", out)], &info);
+        let groups = [
+            sq.div_ceil(layout.rows_per_group),
+            layout.head_groups,
+            groups_z,
+        ];
+        return dispatch(
+            shader,
+            layout.workgroup,
+            groups,
+            inputs,
+            &[Arg::new("out", out)],
+            &info,
+        );
     }
-    let shader = shader.with("store", SPLIT_STORE).with("store_stats", SPLIT_STATS);
+    let shader = shader
+        .with("store", SPLIT_STORE)
+        .with("store_stats", SPLIT_STATS);
     let inner = heads * head_dim;
     let budget = MAX_PARTIAL_BYTES.min(max_binding_bytes(out) / 4);
     let chunk = (budget / (splits * batch * inner * 4))
@@ -249,14 +307,33 @@ fn run<F: ShaderFile>(
         info[13] = q_count as u32;
         let partial = empty(out, [splits * batch * q_count * inner], DType::F32);
         let stats = empty(out, [splits * batch * heads * q_count * 2], DType::F32);
-        let groups = [q_count.div_ceil(layout.rows_per_group), layout.head_groups, groups_z];
+        let groups = [
+            q_count.div_ceil(layout.rows_per_group),
+            layout.head_groups,
+            groups_z,
+        ];
         let split_shader = Shader::from(&shader);
         let partials = [Arg::new("partial", &partial), Arg::new("stats", &stats)];
-        dispatch(split_shader, layout.workgroup, groups, inputs, &partials, &info)?;
+        dispatch(
+            split_shader,
+            layout.workgroup,
+            groups,
+            inputs,
+            &partials,
+            &info,
+        )?;
         let combine = Shader::<FlashAttentionCombineFile>::new(out.dtype);
-        let combine_info = [batch, heads, head_dim, sq, q_begin, q_count, splits, 0].map(|v| v as u32);
+        let combine_info =
+            [batch, heads, head_dim, sq, q_begin, q_count, splits, 0].map(|v| v as u32);
         let grid = grid_1d((batch * q_count * inner).div_ceil(256));
-        dispatch(combine, CubeDim::new_1d(256), grid, &partials, &[Arg::new("out", out)], &combine_info)?;
+        dispatch(
+            combine,
+            CubeDim::new_1d(256),
+            grid,
+            &partials,
+            &[Arg::new("out", out)],
+            &combine_info,
+        )?;
     }
     Some(())
 }

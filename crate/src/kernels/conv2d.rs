@@ -7,7 +7,9 @@ use burn::cubecl::CubeDim;
 use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
-use super::launch::{Arg, Shader, ShaderFile, cube, dispatch, empty, fits_u32, on_cpu_adapter, tensor};
+use super::launch::{
+    Arg, Shader, ShaderFile, cube, dispatch, empty, fits_u32, on_cpu_adapter, tensor,
+};
 use super::tiles::Tiles;
 use super::weight::{GemmWeight, bind};
 
@@ -114,7 +116,18 @@ pub fn conv2d_with(
         batch, in_ch, in_h, in_w, out_ch, out_h, out_w, pad_top, pad_left, k, pixels, 0,
     ]
     .map(|v| v as u32);
-    let groups = [pixels.div_ceil(tiles.cols()), out_ch.div_ceil(tiles.rows()), 1];
-    dispatch(shader, CubeDim::new_2d(16, 16), groups, &inputs, &[Arg::new("out", &out)], &info)?;
+    let groups = [
+        pixels.div_ceil(tiles.cols()),
+        out_ch.div_ceil(tiles.rows()),
+        1,
+    ];
+    dispatch(
+        shader,
+        CubeDim::new_2d(16, 16),
+        groups,
+        &inputs,
+        &[Arg::new("out", &out)],
+        &info,
+    )?;
     Some(tensor(out))
 }

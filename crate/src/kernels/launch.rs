@@ -3,8 +3,10 @@
 
 use std::marker::PhantomData;
 
-use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous};
 use burn::backend::Wgpu;
+use burn::backend::wgpu::{
+    CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
+};
 use burn::cubecl::ir::attributes::BufferIOAttr;
 use burn::cubecl::prelude::KernelId;
 use burn::cubecl::server::{KernelArguments, MetadataBindingInfo};
@@ -29,7 +31,14 @@ impl<F: ShaderFile> Shader<F> {
             params: vec![("elem", wgsl_type(dtype).to_string())],
             file: PhantomData,
         }
-        .with("enable_f16", if dtype == DType::F16 { "enable f16;" } else { "" })
+        .with(
+            "enable_f16",
+            if dtype == DType::F16 {
+                "enable f16;"
+            } else {
+                ""
+            },
+        )
     }
 
     pub fn with(mut self, name: &'static str, value: impl ToString) -> Self {
@@ -56,7 +65,9 @@ impl<F: ShaderFile> Shader<F> {
     fn source_text(&self) -> String {
         self.params
             .iter()
-            .fold(SourceTemplate::new(F::TEXT), |t, (name, value)| t.register(*name, value.as_str()))
+            .fold(SourceTemplate::new(F::TEXT), |t, (name, value)| {
+                t.register(*name, value.as_str())
+            })
             .complete()
     }
 }
@@ -81,7 +92,11 @@ impl<F: ShaderFile> KernelSource for Shader<F> {
         // SDWEB_DUMP_WGSL=1 prints each kernel's final WGSL (naga's errors name lines of it).
         if std::env::var_os("SDWEB_DUMP_WGSL").is_some() {
             let text = Shader::<F>::from(self).source_text();
-            eprintln!("=== {} {:?}\n{text}", std::any::type_name::<F>(), self.params);
+            eprintln!(
+                "=== {} {:?}\n{text}",
+                std::any::type_name::<F>(),
+                self.params
+            );
         }
         template
     }
@@ -104,7 +119,9 @@ pub fn cube<const D: usize>(t: &Tensor<D>) -> Option<CubeTensor> {
     if !matches!(t.dtype(), DType::F32 | DType::F16) {
         return None;
     }
-    Some(into_contiguous(t.clone().try_into_primitive::<Wgpu>().ok()?))
+    Some(into_contiguous(
+        t.clone().try_into_primitive::<Wgpu>().ok()?,
+    ))
 }
 
 pub fn tensor<const D: usize>(t: CubeTensor) -> Tensor<D> {
@@ -115,7 +132,13 @@ pub fn tensor<const D: usize>(t: CubeTensor) -> Tensor<D> {
 pub fn empty(like: &CubeTensor, shape: impl Into<Shape>, dtype: DType) -> CubeTensor {
     let shape = shape.into();
     let handle = like.client.empty(shape.num_elements() * dtype.size());
-    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, dtype)
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        dtype,
+    )
 }
 
 pub fn fits_u32(values: &[usize]) -> bool {
@@ -183,7 +206,10 @@ fn declarations(args: &[Arg]) -> String {
             arg.name, arg.ty
         );
     }
-    text + &format!("@group(0) @binding({}) var<uniform> info: Info;", args.len())
+    text + &format!(
+        "@group(0) @binding({}) var<uniform> info: Info;",
+        args.len()
+    )
 }
 
 /// Declares and binds `inputs` then `outputs` (the kernel's `{{ bindings }}`), then the
@@ -211,7 +237,10 @@ pub fn dispatch<F: ShaderFile>(
     }
     let mut args = KernelArguments::new();
     for input in inputs {
-        args = args.with_buffer_io(input.tensor.handle.clone().binding(), BufferIOAttr::ReadOnly);
+        args = args.with_buffer_io(
+            input.tensor.handle.clone().binding(),
+            BufferIOAttr::ReadOnly,
+        );
     }
     for out in outputs {
         args = args.with_buffer_io(out.tensor.handle.clone().binding(), BufferIOAttr::WriteOnly);

@@ -4,7 +4,9 @@
 use burn::cubecl::CubeDim;
 use burn::tensor::Tensor;
 
-use super::launch::{Arg, Shader, ShaderFile, cube, dispatch, empty, fits_u32, on_cpu_adapter, tensor, wgsl_type};
+use super::launch::{
+    Arg, Shader, ShaderFile, cube, dispatch, empty, fits_u32, on_cpu_adapter, tensor, wgsl_type,
+};
 use super::tiles::Tiles;
 use super::weight::{GemmWeight, bind, vec4_array, vec4_load};
 
@@ -59,13 +61,21 @@ pub fn linear_with(
     };
     let out = empty(&input, [m, n], dtype);
     let vectorised = k % 4 == 0;
-    let mut inputs = vec![Arg::typed("x", &input, vec4_array(wgsl_type(dtype), vectorised))];
+    let mut inputs = vec![Arg::typed(
+        "x",
+        &input,
+        vec4_array(wgsl_type(dtype), vectorised),
+    )];
     inputs.extend(weight.args());
     inputs.push(Arg::new("bias", &bias));
     if let Some(r) = &residual {
         inputs.push(Arg::new("residual", r));
     }
-    let residual_add = if residual.is_some() { " + f32(residual[at])" } else { "" };
+    let residual_add = if residual.is_some() {
+        " + f32(residual[at])"
+    } else {
+        ""
+    };
     let info = [m as u32, n as u32, k as u32, 0];
     let outputs = [Arg::new("out", &out)];
     if m <= GEMV_MAX_ROWS {
@@ -73,7 +83,14 @@ pub fn linear_with(
             .with("x_load", vec4_load("x", vectorised))
             .with("w_load", &weight.load)
             .with("residual_add", residual_add);
-        dispatch(shader, CubeDim::new_1d(256), [n.div_ceil(8), 1, 1], &inputs, &outputs, &info)?;
+        dispatch(
+            shader,
+            CubeDim::new_1d(256),
+            [n.div_ceil(8), 1, 1],
+            &inputs,
+            &outputs,
+            &info,
+        )?;
     } else {
         let tiles = tiles.unwrap_or_else(|| Tiles::for_gemm(m, n, on_cpu_adapter(&input)));
         let shader = tiles
@@ -82,7 +99,14 @@ pub fn linear_with(
             .with("w_load", &weight.load)
             .with("residual_add", residual_add);
         let groups = [n.div_ceil(tiles.cols()), m.div_ceil(tiles.rows()), 1];
-        dispatch(shader, CubeDim::new_2d(16, 16), groups, &inputs, &outputs, &info)?;
+        dispatch(
+            shader,
+            CubeDim::new_2d(16, 16),
+            groups,
+            &inputs,
+            &outputs,
+            &info,
+        )?;
     }
     Some(tensor(out))
 }

@@ -4,7 +4,9 @@
 use burn::cubecl::CubeDim;
 use burn::tensor::{DType, Tensor};
 
-use super::launch::{Arg, ShaderFile, Shader, cube, dispatch, empty, fits_u32, grid_1d, on_cpu_adapter, tensor};
+use super::launch::{
+    Arg, Shader, ShaderFile, cube, dispatch, empty, fits_u32, grid_1d, on_cpu_adapter, tensor,
+};
 
 pub struct GroupNormStatsFile;
 impl ShaderFile for GroupNormStatsFile {
@@ -77,7 +79,14 @@ pub fn group_norm(
         let shader = Shader::<GroupNormStatsFile>::new(dtype);
         let info = [len, parts, total, band].map(|v| v as u32);
         let (x, out) = ([Arg::new("x", x)], [Arg::new("stats", &stats)]);
-        dispatch(shader, CubeDim::new_1d(256), [parts, total, 1], &x, &out, &info)?;
+        dispatch(
+            shader,
+            CubeDim::new_1d(256),
+            [parts, total, 1],
+            &x,
+            &out,
+            &info,
+        )?;
     }
     let gamma = cube(&gamma.clone().cast(dtype))?;
     let beta = cube(&beta.clone().cast(dtype))?;
@@ -100,8 +109,20 @@ pub fn group_norm(
             0,
         ];
         let grid = [len.div_ceil(VALUES_PER_APPLY_GROUP), total, 1];
-        let inputs = [Arg::new("x", x), Arg::new("stats", &stats), Arg::new("gamma", &gamma), Arg::new("beta", &beta)];
-        dispatch(shader, CubeDim::new_1d(256), grid, &inputs, &[Arg::new("out", &out)], &info)?;
+        let inputs = [
+            Arg::new("x", x),
+            Arg::new("stats", &stats),
+            Arg::new("gamma", &gamma),
+            Arg::new("beta", &beta),
+        ];
+        dispatch(
+            shader,
+            CubeDim::new_1d(256),
+            grid,
+            &inputs,
+            &[Arg::new("out", &out)],
+            &info,
+        )?;
         outputs.push(tensor(out));
     }
     Some(outputs)
@@ -129,16 +150,34 @@ pub fn layer_norm<const D: usize>(
     let beta = cube(&beta.clone().cast(dtype))?;
     let out = empty(&input, dims, dtype);
     let info = [rows as u32, dim as u32, (eps as f32).to_bits(), 0];
-    let inputs = [Arg::new("x", &input), Arg::new("gamma", &gamma), Arg::new("beta", &beta)];
+    let inputs = [
+        Arg::new("x", &input),
+        Arg::new("gamma", &gamma),
+        Arg::new("beta", &beta),
+    ];
     let outputs = [Arg::new("out", &out)];
     // A workgroup per row on GPUs; a row per invocation on CPU adapters, where a barrier costs
     // a context switch per lane group.
     if on_cpu_adapter(&input) {
         let shader = Shader::<LayerNormRowsFile>::new(dtype);
-        dispatch(shader, CubeDim::new_1d(64), grid_1d(rows.div_ceil(64)), &inputs, &outputs, &info)?;
+        dispatch(
+            shader,
+            CubeDim::new_1d(64),
+            grid_1d(rows.div_ceil(64)),
+            &inputs,
+            &outputs,
+            &info,
+        )?;
     } else {
         let shader = Shader::<LayerNormFile>::new(dtype);
-        dispatch(shader, CubeDim::new_1d(64), grid_1d(rows), &inputs, &outputs, &info)?;
+        dispatch(
+            shader,
+            CubeDim::new_1d(64),
+            grid_1d(rows),
+            &inputs,
+            &outputs,
+            &info,
+        )?;
     }
     Some(tensor(out))
 }
@@ -161,6 +200,13 @@ pub fn geglu<const D: usize>(h: &Tensor<D>) -> Option<Tensor<D>> {
     let info = [rows as u32, inner as u32, 0, 0];
     let shader = Shader::<GegluFile>::new(input.dtype);
     let grid = grid_1d((rows * inner).div_ceil(256));
-    dispatch(shader, CubeDim::new_1d(256), grid, &[Arg::new("h", &input)], &[Arg::new("out", &out)], &info)?;
+    dispatch(
+        shader,
+        CubeDim::new_1d(256),
+        grid,
+        &[Arg::new("h", &input)],
+        &[Arg::new("out", &out)],
+        &info,
+    )?;
     Some(tensor(out))
 }

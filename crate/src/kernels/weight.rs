@@ -93,7 +93,11 @@ pub fn vec4_load(array: &str, vectorised: bool) -> String {
 
 /// The WGSL element type of an array read by [`vec4_load`].
 pub fn vec4_array(elem: &str, vectorised: bool) -> String {
-    if vectorised { format!("vec4<{elem}>") } else { elem.to_string() }
+    if vectorised {
+        format!("vec4<{elem}>")
+    } else {
+        elem.to_string()
+    }
 }
 
 /// 4 consecutive values of a q8_0/q4_0 row (k % 4 == 0, so they share a word and a block):

@@ -3,9 +3,7 @@
 use burn::tensor::{DType, Tensor};
 use serde_json::json;
 
-use super::nn::{
-    Conv2d, GroupNorm, Linear, multi_head_attention,
-};
+use super::nn::{Conv2d, GroupNorm, Linear, multi_head_attention};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::row_bands::{MAX_BAND_BYTES, RowBands, activation_bytes, band_count};
 use crate::config::{ConfigError, ConfigReader};
@@ -322,9 +320,7 @@ impl AutoencoderKL {
                 h = up.forward_bands(h);
             }
         }
-        h.group_norm_silu(&d.norm_out)
-            .conv(&d.conv_out)
-            .concat()
+        h.group_norm_silu(&d.norm_out).conv(&d.conv_out).concat()
     }
 
     /// Image in [-1, 1] → (mean, logvar) of the latent distribution (before scaling_factor).

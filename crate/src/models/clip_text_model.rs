@@ -202,7 +202,8 @@ impl ClipTextModel {
             let q = layer.q_proj.forward(h.clone());
             let k = layer.k_proj.forward(h.clone());
             let v = layer.v_proj.forward(h);
-            let a = multi_head_attention((&q).into(), (&k).into(), (&v).into(), heads, head_dim, true);
+            let a =
+                multi_head_attention((&q).into(), (&k).into(), (&v).into(), heads, head_dim, true);
             x = layer.out_proj.forward_add(a, x);
             let h = layer.fc1.forward(layer.layer_norm2.forward(x.clone()));
             let h = match self.config.hidden_act {

@@ -64,12 +64,16 @@ impl Linear {
         if kernels::ours() {
             let rows = dims[..D - 1].iter().product();
             let flat = x.clone().reshape([rows, dims[D - 1]]);
-            let flat_residual = residual.clone().map(|r| r.reshape([rows, self.out_features()]));
+            let flat_residual = residual
+                .clone()
+                .map(|r| r.reshape([rows, self.out_features()]));
             let weight = match &self.weight {
                 LayerWeight::Quantized { ty, matrix, .. } => GemmWeight::Quantized(matrix, *ty),
                 LayerWeight::Dense(weight) => GemmWeight::Dense(weight),
             };
-            if let Some(out) = kernels::linear(&flat, weight, &self.kernel_bias, flat_residual.as_ref()) {
+            if let Some(out) =
+                kernels::linear(&flat, weight, &self.kernel_bias, flat_residual.as_ref())
+            {
                 return out.reshape(out_dims);
             }
         }
@@ -155,7 +159,11 @@ impl Conv2d {
 
     /// Kernel height, row stride and (top, bottom) row padding.
     pub fn row_geometry(&self) -> (usize, usize, (usize, usize)) {
-        (self.weight_shape()[2], self.options.stride[0], self.options.padding[0])
+        (
+            self.weight_shape()[2],
+            self.options.stride[0],
+            self.options.padding[0],
+        )
     }
 
     /// The conv with its row padding replaced: a band of rows pads only at the image's edges.
@@ -165,7 +173,12 @@ impl Conv2d {
         self.forward_with(x, &options, ConvEpilogue::default())
     }
 
-    fn forward_with(&self, x: Tensor<4>, options: &ConvOptions<2>, epilogue: ConvEpilogue) -> Tensor<4> {
+    fn forward_with(
+        &self,
+        x: Tensor<4>,
+        options: &ConvOptions<2>,
+        epilogue: ConvEpilogue,
+    ) -> Tensor<4> {
         if kernels::ours() {
             let [out_ch, in_ch, kh, kw] = self.weight_shape();
             let flat;
@@ -176,11 +189,16 @@ impl Conv2d {
                 }
                 LayerWeight::Quantized { ty, matrix, .. } => GemmWeight::Quantized(matrix, *ty),
             };
-            if let Some(out) = kernels::conv2d(&x, weight, [kh, kw], &self.bias, options, epilogue) {
+            if let Some(out) = kernels::conv2d(&x, weight, [kh, kw], &self.bias, options, epilogue)
+            {
                 return out;
             }
         }
-        let x = if epilogue.upsample { upsample_nearest_2x(x) } else { x };
+        let x = if epilogue.upsample {
+            upsample_nearest_2x(x)
+        } else {
+            x
+        };
         let weight = self.weight.dense(x.dtype());
         let bias = self.has_bias.then(|| self.bias.clone());
         add_epilogue(conv2d(x, weight, bias, options.clone()), &epilogue)
@@ -229,12 +247,16 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.forward_bands_then(vec![x], false).pop().expect("one band")
+        self.forward_bands_then(vec![x], false)
+            .pop()
+            .expect("one band")
     }
 
     /// `silu(forward(x))`, fused where the kernels run (diffusers' ResNet blocks).
     pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
-        self.forward_bands_then(vec![x], true).pop().expect("one band")
+        self.forward_bands_then(vec![x], true)
+            .pop()
+            .expect("one band")
     }
 
     /// The same norm over bands of rows of one tensor (`RowBands`): statistics over every band,
@@ -245,8 +267,14 @@ impl GroupNorm {
 
     fn forward_bands_then(&self, bands: Vec<Tensor<4>>, then_silu: bool) -> Vec<Tensor<4>> {
         if kernels::ours()
-            && let Some(out) =
-                kernels::group_norm(&bands, self.groups, &self.gamma, &self.beta, self.eps, then_silu)
+            && let Some(out) = kernels::group_norm(
+                &bands,
+                self.groups,
+                &self.gamma,
+                &self.beta,
+                self.eps,
+                then_silu,
+            )
         {
             return out;
         }
@@ -255,7 +283,11 @@ impl GroupNorm {
         } else {
             self.burn_forward_bands(bands)
         };
-        if then_silu { out.into_iter().map(silu).collect() } else { out }
+        if then_silu {
+            out.into_iter().map(silu).collect()
+        } else {
+            out
+        }
     }
 
     fn burn_forward(&self, x: Tensor<4>) -> Tensor<4> {

@@ -4,8 +4,8 @@ use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
 use super::nn::{Conv2d, GroupNorm, Linear, upsample_nearest_2x};
-use crate::kernels::ConvEpilogue;
 use super::row_bands::RowBands;
+use crate::kernels::ConvEpilogue;
 use crate::weights::{WeightError, Weights};
 
 pub struct ResnetBlock2D {
@@ -52,7 +52,9 @@ impl ResnetBlock2D {
             channel_bias: t.as_ref(),
             ..Default::default()
         };
-        let h = self.conv1.forward_fused(self.norm1.forward_silu(x.clone()), with_temb);
+        let h = self
+            .conv1
+            .forward_fused(self.norm1.forward_silu(x.clone()), with_temb);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -61,7 +63,8 @@ impl ResnetBlock2D {
             residual: Some(&shortcut),
             ..Default::default()
         };
-        self.conv2.forward_fused(self.norm2.forward_silu(h), plus_shortcut)
+        self.conv2
+            .forward_fused(self.norm2.forward_silu(h), plus_shortcut)
     }
 
     /// `forward` without time embedding (the VAE's blocks) on bands of rows.
