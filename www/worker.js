@@ -4,7 +4,7 @@
 //
 // Protocol (see sdweb.js): requests {id, op, ...}; replies {id, type: 'progress'|'result'|'error'}.
 
-import init, { ModelLoader, WeightsQuantizer } from './pkg/sdweb.js';
+import init, { ModelLoader, WeightsQuantizer, checkModelIndex } from './pkg/sdweb.js';
 import { ModelCache } from './cache.js';
 
 // sdweb's own kernels need neither the `subgroups` nor the `shader-f16` feature. A portable
@@ -143,10 +143,8 @@ async function load({ model, revision, precision, quantize, taesd, portable }, p
   };
   const text = async (path) => { await fetchFile(path); return cache.text(url(path), revision); };
 
-  const index = JSON.parse(await text('model_index.json'));
-  if (!String(index._class_name ?? '').startsWith('StableDiffusion')) {
-    throw new Error(`${base} is a ${index._class_name ?? 'unknown'} model; sdweb runs StableDiffusionPipeline repositories (SD 1.x / 2.x)`);
-  }
+  await wasmReady;
+  checkModelIndex(await text('model_index.json'), `${base}/model_index.json`);
 
   // The tokenizer: tokenizer.json (fast layout) or vocab.json + merges.txt (original SD layout).
   const tokenizerFiles = {};

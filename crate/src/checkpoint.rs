@@ -382,6 +382,7 @@ impl SingleFileStores {
                 name,
                 expected,
                 found,
+                ..
             } => WeightError::Malformed {
                 file: self.file.clone(),
                 why: format!(

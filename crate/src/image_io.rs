@@ -4,7 +4,16 @@
 pub enum ImageError {
     #[error("not a readable PNG image: {0}")]
     Decode(String),
+    #[error(
+        "the PNG is {width}x{height}; init images and masks may be at most {MAX_PNG_SIDE} pixels per side"
+    )]
+    TooLarge { width: u32, height: u32 },
 }
+
+/// The largest init image or mask side accepted (it is resized to the generation's size).
+pub const MAX_PNG_SIDE: u32 = 8192;
+/// What decoding one PNG may allocate: an 8192² RGBA image at 16 bits per channel.
+const MAX_PNG_BYTES: usize = 8192 * 8192 * 8;
 
 /// An RGB8 image, rows top to bottom.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,11 +25,20 @@ pub struct RgbImage {
 
 /// Decodes any PNG (gray, gray+alpha, RGB, RGBA, palette, 16-bit) to RGB8; alpha is dropped.
 pub fn decode_png_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    // The header's size is checked before any pixel buffer exists: a 100-byte file can claim
+    // 60000×60000 (10.8 GB).
+    let limits = png::Limits {
+        bytes: MAX_PNG_BYTES,
+    };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), limits);
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder
         .read_info()
         .map_err(|e| ImageError::Decode(e.to_string()))?;
+    let (width, height) = (reader.info().width, reader.info().height);
+    if width > MAX_PNG_SIDE || height > MAX_PNG_SIDE {
+        return Err(ImageError::TooLarge { width, height });
+    }
     let mut buf = vec![0u8; reader.output_buffer_size()];
     let info = reader
         .next_frame(&mut buf)
@@ -70,4 +88,48 @@ pub fn to_gray(rgb: &[u8]) -> Vec<u8> {
     rgb.chunks_exact(3)
         .map(|p| ((p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114) / 1000) as u8)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PNG signature and header claiming `width` × `height`, without pixel data.
+    fn header_only(width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut encoder = png::Encoder::new(&mut bytes, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        let mut writer = encoder.write_header().unwrap();
+        // An IDAT with an empty zlib stream: decoders read the header up to the first one.
+        writer
+            .write_chunk(
+                png::chunk::IDAT,
+                &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+            )
+            .unwrap();
+        drop(writer);
+        bytes
+    }
+
+    #[test]
+    fn a_huge_header_is_refused_before_any_pixel_buffer() {
+        let bytes = header_only(60000, 60000);
+        assert!(bytes.len() < 200, "{} bytes", bytes.len());
+        let message = decode_png_rgb(&bytes).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "the PNG is 60000x60000; init images and masks may be at most 8192 pixels per side"
+        );
+        assert!(matches!(
+            decode_png_rgb(&header_only(8193, 4)),
+            Err(ImageError::TooLarge { .. })
+        ));
+        assert!(
+            matches!(
+                decode_png_rgb(&header_only(64, 64)),
+                Err(ImageError::Decode(_))
+            ),
+            "no pixel data"
+        );
+    }
 }

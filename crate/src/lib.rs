@@ -4,10 +4,13 @@
 //! `models::unet_2d_condition`, `models::autoencoder_kl`, `schedulers::*`.
 
 pub mod checkpoint;
+pub mod checks;
 pub mod config;
+pub mod files;
 pub mod image_io;
 pub mod kernels;
 pub mod launches;
+pub mod model_index;
 pub mod models;
 pub mod noise;
 pub mod npy;

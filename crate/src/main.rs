@@ -90,16 +90,18 @@ struct GenOpts {
     negative_prompt: String,
     #[arg(long, default_value_t = 20)]
     steps: usize,
-    /// Classifier-free guidance scale; ≤ 1 skips the unconditional pass.
-    #[arg(long, default_value_t = 7.5)]
+    /// Classifier-free guidance scale, finite and ≥ 0; ≤ 1 skips the unconditional pass (0 is
+    /// SD-Turbo's).
+    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
     guidance: f64,
     /// ddim | euler | euler-a | dpmpp-2m | dpmpp-2m-karras | lcm | pndm (default: the model's own).
     #[arg(long)]
     scheduler: Option<String>,
-    /// Default: the model's native size (UNet sample_size × VAE factor).
-    #[arg(long)]
+    /// A positive multiple of the VAE factor (8 for SD), at most 2048. Default: the model's
+    /// native size (UNet sample_size × VAE factor).
+    #[arg(long, value_parser = pixels, allow_negative_numbers = true)]
     width: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = pixels, allow_negative_numbers = true)]
     height: Option<usize>,
     /// Default: random (printed to stderr).
     #[arg(long)]
@@ -113,7 +115,7 @@ struct GenOpts {
     init_image: Option<PathBuf>,
     /// img2img/inpainting: how much to change the init image, in (0, 1] (diffusers' defaults:
     /// 0.8 for img2img, 1.0 for inpainting).
-    #[arg(long, requires = "init_image")]
+    #[arg(long, requires = "init_image", allow_negative_numbers = true)]
     strength: Option<f64>,
     /// Inpainting: a PNG mask (white = repaint, black = keep), with --init-image.
     #[arg(long, requires = "init_image")]
@@ -144,6 +146,47 @@ struct GenOpts {
     /// quantised weights dequantised first: the reference and the baseline).
     #[arg(long, default_value = "sdweb", value_parser = sdweb::kernels::KernelPolicy::NAMES)]
     kernels: String,
+}
+
+/// A width or height: a positive number of pixels (the model's VAE factor is checked once its
+/// config is read).
+fn pixels(text: &str) -> Result<usize, String> {
+    match text.parse::<i64>() {
+        Ok(v) if v > 0 => Ok(v as usize),
+        Ok(v) => Err(format!(
+            "{v} is no size; sizes are positive multiples of 8, e.g. 512"
+        )),
+        Err(_) => Err(format!("{text:?} is not a number of pixels, e.g. 512")),
+    }
+}
+
+/// Everything about the command line that can be wrong without the model, checked before
+/// the GPU is touched or a weight is read.
+fn check_settings(opts: &GenOpts, output: Option<&PathBuf>) -> Result<(), String> {
+    use sdweb::checks;
+    checks::check_steps(opts.steps)?;
+    checks::check_guidance(opts.guidance)?;
+    if let Some(strength) = opts.strength {
+        checks::check_strength(strength)?;
+    }
+    for (what, side) in [("width", opts.width), ("height", opts.height)] {
+        if let Some(side) = side {
+            checks::check_side(what, side, 1)?;
+        }
+    }
+    if let Some(dir) = &opts.preview_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    if let Some(path) = output {
+        sdweb::files::check_writable(path)?;
+    }
+    Ok(())
+}
+
+/// An init image or mask, decoded (with its size limits) before anything slow runs.
+fn read_png(path: &std::path::Path) -> Result<sdweb::image_io::RgbImage, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    sdweb::image_io::decode_png_rgb(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The policy for `--quantize TYPE --quant-override SPEC`.
@@ -261,6 +304,9 @@ fn run(
     output: Option<&PathBuf>,
     bench: Option<BenchMode>,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    check_settings(opts, output)?;
+    let init = opts.init_image.as_deref().map(read_png).transpose()?;
+    let mask_image = opts.mask.as_deref().map(read_png).transpose()?;
     let clock = StdClock::default();
     let scheduler = opts
         .scheduler
@@ -343,16 +389,6 @@ fn run(
         return Ok(());
     }
 
-    let init = match &opts.init_image {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Some(
-                sdweb::image_io::decode_png_rgb(&bytes)
-                    .map_err(|e| format!("{}: {e}", path.display()))?,
-            )
-        }
-        None => None,
-    };
     // An init image sets the default size (rounded down to the VAE factor, as diffusers).
     let f = model.vae_scale_factor();
     let native = model.default_size();
@@ -364,16 +400,10 @@ fn run(
         .height
         .or(init.as_ref().map(|i| (i.height / f).max(1) * f))
         .unwrap_or(native);
-    let mask = match &opts.mask {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let image = sdweb::image_io::decode_png_rgb(&bytes)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let image = sdweb::image_io::resize_bilinear(&image, width, height);
-            Some(sdweb::image_io::to_gray(&image.rgb))
-        }
-        None => None,
-    };
+    let mask = mask_image.map(|image| {
+        let image = sdweb::image_io::resize_bilinear(&image, width, height);
+        sdweb::image_io::to_gray(&image.rgb)
+    });
     let init_image = init.map(|image| sdweb::pipeline::InitImage {
         rgb: sdweb::image_io::resize_bilinear(&image, width, height).rgb,
         strength: opts
@@ -416,9 +446,7 @@ fn run(
         "seed {seed}, {width}x{height}, {} steps, guidance {}",
         opts.steps, opts.guidance
     );
-    if let Some(dir) = &opts.preview_dir {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
+    model.check_request(&request)?;
     let report_progress = |p: Progress| match p {
         Progress::Tokenized {
             truncated: true,
@@ -505,13 +533,15 @@ fn run(
             width: width as u32,
             height: height as u32,
             model: model.name.clone(),
-            extra: match &request.init_image {
-                Some(init) => vec![("Denoising strength".into(), init.strength.to_string())],
-                None => Vec::new(),
+            extra: match (&request.init_image, &opts.init_noise) {
+                (Some(init), _) => vec![("Denoising strength".into(), init.strength.to_string())],
+                // The seed did not make this noise: say where it came from.
+                (None, Some(file)) => vec![("Initial noise".into(), file_name(file))],
+                (None, None) => Vec::new(),
             },
         };
         let png = encode_png(&out.rgb, width as u32, height as u32, &params)?;
-        std::fs::write(path, png).map_err(|e| format!("{}: {e}", path.display()))?;
+        sdweb::files::write_atomically(path, &png)?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(mode) = bench {
@@ -549,7 +579,7 @@ fn write_preview(
         ..Default::default()
     };
     let png = encode_png(&rgb, (w * factor) as u32, (h * factor) as u32, &params)?;
-    std::fs::write(dir.join(format!("step-{step:03}.png")), png)?;
+    sdweb::files::write_atomically(&dir.join(format!("step-{step:03}.png")), &png)?;
     Ok(())
 }
 
@@ -591,6 +621,13 @@ fn model_bytes_on_disk(dir: &std::path::Path, prefer_fp16: bool) -> u64 {
     .filter_map(|p| std::fs::metadata(p).ok())
     .map(|m| m.len())
     .sum()
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn clock_ms(clock: &StdClock) -> f64 {

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use crate::checks;
 use crate::config::{ConfigError, ConfigReader};
 use crate::launches::{CompilePass, DispatchCounter};
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
@@ -27,6 +28,9 @@ pub enum PipelineError {
     Scheduler(#[from] SchedulerError),
     #[error("{0}")]
     Invalid(String),
+    /// A stage produced NaN or infinity (the message names the stage).
+    #[error("{0}")]
+    NonFinite(String),
     #[error("GPU execution failed: {0}")]
     Execution(String),
     #[error("generation cancelled")]
@@ -110,12 +114,7 @@ pub struct InitImage {
 impl InitImage {
     /// diffusers' `get_timesteps`: the first step of the schedule that runs for `strength`.
     pub fn first_step(&self, steps: usize) -> Result<usize, PipelineError> {
-        if !(self.strength > 0.0 && self.strength <= 1.0) {
-            return Err(PipelineError::Invalid(format!(
-                "strength {} must be in (0, 1]",
-                self.strength
-            )));
-        }
+        checks::check_strength(self.strength).map_err(PipelineError::Invalid)?;
         // Python's int() truncates, as diffusers does.
         let run = ((steps as f64 * self.strength) as usize).min(steps);
         if run == 0 {
@@ -405,12 +404,15 @@ impl StableDiffusion {
         dtype: DType,
         quantization: Option<QuantPolicy>,
     ) -> Result<Self, PipelineError> {
-        if !dir.join("model_index.json").is_file() {
+        let index = dir.join("model_index.json");
+        if !index.is_file() {
             return Err(PipelineError::Invalid(format!(
                 "{} is not a diffusers model folder (no model_index.json)",
                 dir.display()
             )));
         }
+        crate::model_index::check_model_index(&read_text(&index)?, &index.display().to_string())
+            .map_err(PipelineError::Invalid)?;
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -473,16 +475,42 @@ impl StableDiffusion {
         recommended_steps_guidance(&self.scheduler_config)
     }
 
-    /// Checks width/height: multiples of the VAE factor, naming the nearest valid size.
-    pub fn check_size(&self, width: usize, height: usize) -> Result<(), PipelineError> {
+    /// Everything about `req` that can be wrong, checked before any GPU work: steps, guidance,
+    /// size (a multiple of the VAE factor up to `checks::MAX_SIDE`, activations within the
+    /// adapter's binding limit), strength, the init noise's length and values.
+    pub fn check_request(&self, req: &GenerateRequest) -> Result<(), PipelineError> {
         let f = self.vae_scale_factor();
-        for (what, v) in [("width", width), ("height", height)] {
-            if v == 0 || v % f != 0 {
-                let nearest = ((v + f / 2) / f).max(1) * f;
+        checks::check_steps(req.steps).map_err(PipelineError::Invalid)?;
+        checks::check_guidance(req.guidance).map_err(PipelineError::Invalid)?;
+        checks::check_side("width", req.width, f).map_err(PipelineError::Invalid)?;
+        checks::check_side("height", req.height, f).map_err(PipelineError::Invalid)?;
+        let batch = if req.guidance > 1.0 { 2 } else { 1 };
+        let max_binding = crate::kernels::device_max_binding_bytes(&self.device);
+        let channels = &self.unet.config().block_out_channels;
+        checks::check_activations(
+            req.width,
+            req.height,
+            f,
+            channels,
+            batch,
+            self.dtype.size(),
+            max_binding,
+        )
+        .map_err(PipelineError::Invalid)?;
+        if let Some(init) = &req.init_image {
+            checks::check_strength(init.strength).map_err(PipelineError::Invalid)?;
+        }
+        if let Some(noise) = &req.init_noise {
+            let n = self.vae.config().latent_channels * (req.width / f) * (req.height / f);
+            if noise.len() != n {
                 return Err(PipelineError::Invalid(format!(
-                    "{what} {v} is not a multiple of {f} (the VAE scale factor); nearest valid {what}: {nearest}"
+                    "initial noise has {} values, expected {n} for {}x{}",
+                    noise.len(),
+                    req.width,
+                    req.height
                 )));
             }
+            checks::check_finite("initial noise", noise).map_err(PipelineError::Invalid)?;
         }
         Ok(())
     }
@@ -563,10 +591,7 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(Progress),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<DenoisedLatents, PipelineError> {
-        self.check_size(req.width, req.height)?;
-        if req.steps == 0 {
-            return Err(PipelineError::Invalid("steps must be at least 1".into()));
-        }
+        self.check_request(req)?;
         let mut timings = Timings::default();
         let cfg = req.guidance > 1.0;
         let kind = match req.scheduler {
@@ -675,12 +700,6 @@ impl StableDiffusion {
             None => {
                 let generated = generator.normal(n);
                 let noise = match &req.init_noise {
-                    Some(values) if values.len() != n => {
-                        return Err(PipelineError::Invalid(format!(
-                            "initial noise has {} values, expected {n} for shape {shape:?}",
-                            values.len()
-                        )));
-                    }
                     Some(values) => values.clone(),
                     None => generated,
                 };
@@ -708,6 +727,12 @@ impl StableDiffusion {
             let x = Tensor::<4>::from_data(TensorData::new(scaled, input_shape), &self.device);
             let noise_pred = self.guided_noise(x, t, &context, cfg.then_some(req.guidance));
             let model_output = read_back(noise_pred).await?;
+            let what = format!(
+                "the UNet's output at step {} of {}",
+                i + 1 - first_step,
+                timesteps.len() - first_step
+            );
+            checks::check_finite(&what, &model_output).map_err(|m| non_finite(m, self.dtype))?;
             timings.unet_step_dispatches.push(counter.count());
             drop(counter);
             latents = scheduler.step(&model_output, i, &latents, &mut generator);
@@ -752,9 +777,19 @@ impl StableDiffusion {
 
     /// The UNet's noise prediction for f32 latents `x` at timestep `t`, with classifier-free
     /// guidance at `guidance` when given (the batch is then [unconditional, text]), as f32.
-    fn guided_noise(&self, x: Tensor<4>, t: f64, context: &Tensor<3>, guidance: Option<f64>) -> Tensor<4> {
+    fn guided_noise(
+        &self,
+        x: Tensor<4>,
+        t: f64,
+        context: &Tensor<3>,
+        guidance: Option<f64>,
+    ) -> Tensor<4> {
         let x = x.cast(self.dtype);
-        let x = if guidance.is_some() { Tensor::cat(vec![x.clone(), x], 0) } else { x };
+        let x = if guidance.is_some() {
+            Tensor::cat(vec![x.clone(), x], 0)
+        } else {
+            x
+        };
         let out = self.unet.forward(x, t, context.clone()).cast(DType::F32);
         match guidance {
             Some(scale) => {
@@ -782,7 +817,12 @@ impl StableDiffusion {
             cfg: req.guidance > 1.0,
             init_image: req.init_image.is_some(),
         };
-        if self.compiled.lock().map_err(|_| PipelineError::Execution("poisoned".into()))?.contains(&key) {
+        if self
+            .compiled
+            .lock()
+            .map_err(|_| PipelineError::Execution("poisoned".into()))?
+            .contains(&key)
+        {
             return Ok(None);
         }
         progress(Progress::Compiling);
@@ -792,9 +832,18 @@ impl StableDiffusion {
         let pipelines = pass.finish();
         // Compilation happens where the launches are processed: wait for it.
         read_back(Tensor::<1>::zeros([1], &self.device)).await?;
-        let report = CompileReport { pipelines, ms: clock.now_ms() - t0 };
-        self.compiled.lock().map_err(|_| PipelineError::Execution("poisoned".into()))?.push(key);
-        progress(Progress::Compiled { pipelines, ms: report.ms });
+        let report = CompileReport {
+            pipelines,
+            ms: clock.now_ms() - t0,
+        };
+        self.compiled
+            .lock()
+            .map_err(|_| PipelineError::Execution("poisoned".into()))?
+            .push(key);
+        progress(Progress::Compiled {
+            pipelines,
+            ms: report.ms,
+        });
         Ok(Some(report))
     }
 
@@ -822,7 +871,11 @@ impl StableDiffusion {
 
     /// The VAE's compute dtype: f32 when its config says `force_upcast`, as diffusers.
     fn vae_dtype(&self) -> DType {
-        if self.vae.config().force_upcast { DType::F32 } else { self.dtype }
+        if self.vae.config().force_upcast {
+            DType::F32
+        } else {
+            self.dtype
+        }
     }
 
     /// img2img's start: RGB8 → [-1, 1] → VAE posterior sample (mean + std · noise from
@@ -884,10 +937,11 @@ impl StableDiffusion {
         Ok((rgb, w, h))
     }
 
-    /// Unscaled f32 latents `[1, C, h, w]` → the image as f32 HWC in [0, 1].
+    /// Unscaled f32 latents `[1, C, h, w]` → the image as f32 HWC, [0, 1] before clamping
+    /// (clamped on the CPU after the non-finite check: a GPU clamp may hide NaN).
     fn decode_tensor(&self, z: Tensor<4>) -> Tensor<3> {
         let image = self.vae.decode(z.cast(self.vae_dtype())).cast(DType::F32);
-        let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
+        let image = image / 2.0 + 0.5;
         let [_, c, h, w] = image.dims();
         image.reshape([c, h, w]).permute([1, 2, 0])
     }
@@ -904,11 +958,23 @@ impl StableDiffusion {
         let z = Tensor::<4>::from_data(TensorData::new(z, shape), &self.device);
         let hwc = self.decode_tensor(z);
         let values = read_back(hwc).await?;
+        checks::check_finite("the VAE's decoded image", &values)
+            .map_err(|m| non_finite(m, self.vae_dtype()))?;
         Ok(values
             .iter()
-            .map(|v| (v * 255.0).round_ties_even() as u8)
+            .map(|v| (v.clamp(0.0, 1.0) * 255.0).round_ties_even() as u8)
             .collect())
     }
+}
+
+/// A NaN/inf result, with what usually causes it at `dtype`.
+fn non_finite(message: String, dtype: DType) -> PipelineError {
+    let hint = if dtype == DType::F16 {
+        "f16 overflows easily here (the classic case is the SD VAE); generate in f32 precision"
+    } else {
+        "the weights or the inputs hold NaN/inf values, or they are not this model's"
+    };
+    PipelineError::NonFinite(format!("{message}: {hint}"))
 }
 
 /// See [`StableDiffusion::recommended_steps_guidance`].

@@ -50,6 +50,12 @@ async fn device() -> Result<Device, JsError> {
 }
 
 /// Whether this adapter can compute in f16 (`shader-f16`).
+/// Throws unless `json` (a model_index.json) names a pipeline sdweb runs; the message names it.
+#[wasm_bindgen(js_name = checkModelIndex)]
+pub fn check_model_index(json: &str, source: &str) -> Result<(), JsError> {
+    crate::model_index::check_model_index(json, source).map_err(|m| JsError::new(&m))
+}
+
 #[wasm_bindgen(js_name = gpuInfo)]
 pub async fn gpu_info() -> Result<String, JsError> {
     let device = device().await?;
@@ -166,10 +172,11 @@ impl ModelLoader {
         let kind = Component::from_folder(component)
             .ok_or_else(|| JsError::new(&format!("unknown model component {component:?}")))?;
         let config_source = format!("{component}/config.json");
-        let load = self
+        let mut load = self
             .builder()?
             .begin_component(kind, config_json, &config_source)
             .map_err(js_error)?;
+        load.store.set_description(file);
         // TAESD previews need its decoder only.
         let skip_encoder = kind == Component::PreviewDecoder;
         let stream = SafetensorsStream::new(

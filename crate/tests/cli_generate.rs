@@ -76,6 +76,12 @@ fn generate_with_init_noise_writes_the_diffusers_image_with_metadata() {
     assert_eq!((params.steps, params.seed), (case.steps, case.seed));
     assert_eq!(params.sampler, "DPM++ 2M Karras");
     assert_eq!(params.cfg_scale, case.guidance);
+    let noise_field = ("Initial noise".to_string(), case.init_noise.clone());
+    assert!(
+        params.extra.contains(&noise_field),
+        "the noise's source: {:?}",
+        params.extra
+    );
     assert_eq!(
         (params.width as usize, params.height as usize),
         (case.width, case.height)
@@ -93,7 +99,10 @@ fn generate_with_init_noise_writes_the_diffusers_image_with_metadata() {
 /// matmul, conv, attention and norms.
 #[test]
 fn burn_kernels_give_the_diffusers_image() {
-    let case = e2e_cases().into_iter().find(|c| c.name == "sd2-ddim-cfg").unwrap();
+    let case = e2e_cases()
+        .into_iter()
+        .find(|c| c.name == "sd2-ddim-cfg")
+        .unwrap();
     let output = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("burn-kernels.png");
     let noise = reference_dir().join("e2e").join(&case.init_noise);
     let extra = ["--init-noise", noise.to_str().unwrap(), "--kernels", "burn"];
@@ -104,7 +113,11 @@ fn burn_kernels_give_the_diffusers_image() {
         String::from_utf8_lossy(&result.stderr)
     );
     let (rgb, ..) = decode_rgb(&std::fs::read(&output).unwrap());
-    assert_image_close("sd2-ddim-cfg with burn's kernels", &rgb, &reference_rgb(&case));
+    assert_image_close(
+        "sd2-ddim-cfg with burn's kernels",
+        &rgb,
+        &reference_rgb(&case),
+    );
 }
 
 #[test]

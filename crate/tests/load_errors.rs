@@ -48,6 +48,7 @@ fn config_keys_that_change_the_math_are_errors() {
     assert!(parse_unet(&with_key("some_new_knob", serde_json::Value::Null)).is_ok());
 }
 
+/// The store's own messages (the real loader's, from a weights file, are in bad_inputs.rs).
 #[test]
 fn missing_and_misshaped_tensors_name_tensor_and_shapes() {
     let config = parse_unet(&sd1_unet_config_text()).unwrap();
@@ -77,7 +78,7 @@ fn missing_and_misshaped_tensors_name_tensor_and_shapes() {
         .to_string();
     assert!(
         err.contains(
-            "tensor down_blocks.0.resnets.0.norm1.weight has shape [2, 16], expected [32]"
+            "tensor down_blocks.0.resnets.0.norm1.weight in unet/diffusion_pytorch_model.safetensors has shape [2, 16], expected [32]"
         ),
         "{err}"
     );

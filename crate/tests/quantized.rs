@@ -29,11 +29,7 @@ fn gpu_dequantisation_matches_cpu() {
             let tensor = upload_blocks(&blocks, ty, rows, cols, &device());
             let got = to_vec(tensor.dequantize().cast(DType::F32));
             assert_eq!(got.len(), expected.len());
-            let max = got
-                .iter()
-                .zip(&expected)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let (max, _) = errors(&got, &expected);
             assert!(max <= 1e-7, "{ty:?} {rows}x{cols}: max diff {max}");
         }
     }
@@ -272,9 +268,10 @@ fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
         let q8 = psnr(&images[1], &images[0]);
         let q4 = psnr(&images[2], &images[0]);
         eprintln!("{scheduler}: PSNR vs f32 q8_0 {q8:.1} dB, q4_0 {q4:.1} dB");
-        // Loose floors: the bounds that matter are the cosine ones above.
+        // About 3 dB under the lowest measured values (q8_0 55.3 dB, q4_0 41.5 dB): a real
+        // loss of quality fails, rounding differences between adapters do not.
         assert!(
-            q8 >= 35.0 && q4 >= 20.0,
+            q8 >= 52.0 && q4 >= 38.5,
             "{scheduler}: q8 {q8:.1} dB, q4 {q4:.1} dB"
         );
     }
@@ -394,7 +391,8 @@ mod fused_kernels {
     const TILES: [Tiles; 2] = [Tiles::Small, Tiles::Large];
 
     fn zeros_unless(bias: Option<&Tensor<1>>, n: usize) -> Tensor<1> {
-        bias.cloned().unwrap_or_else(|| Tensor::zeros([n], &device()))
+        bias.cloned()
+            .unwrap_or_else(|| Tensor::zeros([n], &device()))
     }
 
     fn quantized_linear(
@@ -419,7 +417,15 @@ mod fused_kernels {
     ) -> Option<Tensor<4>> {
         let bias = zeros_unless(bias, w.dims()[0]);
         let weight = GemmWeight::Quantized(w, ty);
-        sdweb::kernels::conv2d_with(Some(tiles), x, weight, [kh, kw], &bias, options, ConvEpilogue::default())
+        sdweb::kernels::conv2d_with(
+            Some(tiles),
+            x,
+            weight,
+            [kh, kw],
+            &bias,
+            options,
+            ConvEpilogue::default(),
+        )
     }
 
     fn tensor<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
@@ -472,7 +478,8 @@ mod fused_kernels {
                         assert_eq!(fused.dims(), [m, n]);
                         assert_eq!(fused.dtype(), dtype);
                         let diff = max_diff(&to_vec(fused.cast(DType::F32)), &oracle);
-                        let what = format!("linear {ty:?} {dtype:?} {tiles:?} [{m}x{k}]·[{n}x{k}]ᵀ");
+                        let what =
+                            format!("linear {ty:?} {dtype:?} {tiles:?} [{m}x{k}]·[{n}x{k}]ᵀ");
                         println!("{what}: max diff {diff:e}");
                         assert!(diff <= tolerance(dtype), "{what}: max diff {diff}");
                     }
@@ -522,12 +529,15 @@ mod fused_kernels {
                     let oracle_dims = oracle.dims();
                     let oracle = to_vec(oracle);
                     for tiles in TILES {
-                        let fused = quantized_conv2d(tiles, &x, &w, w_shape, ty, Some(&bias), &options)
-                            .expect("the kernel applies to this shape");
+                        let fused =
+                            quantized_conv2d(tiles, &x, &w, w_shape, ty, Some(&bias), &options)
+                                .expect("the kernel applies to this shape");
                         assert_eq!(fused.dtype(), dtype);
                         assert_eq!(fused.dims(), oracle_dims, "case {i}");
                         let diff = max_diff(&to_vec(fused.cast(DType::F32)), &oracle);
-                        let what = format!("conv2d {ty:?} {dtype:?} {tiles:?} case {i} {shape:?}→{out_ch}");
+                        let what = format!(
+                            "conv2d {ty:?} {dtype:?} {tiles:?} case {i} {shape:?}→{out_ch}"
+                        );
                         println!("{what}: max diff {diff:e}");
                         assert!(diff <= tolerance(dtype), "{what}: max diff {diff}");
                     }
@@ -543,7 +553,18 @@ mod fused_kernels {
         let x = tensor([1, 32, 4, 4], 10);
         let grouped = ConvOptions::new([1, 1], [0, 0], [1, 1], 2);
         let small = Tiles::Small;
-        assert!(quantized_conv2d(small, &x, &w, [8, 16, 2, 2], QuantType::Q8_0, None, &grouped).is_none());
+        assert!(
+            quantized_conv2d(
+                small,
+                &x,
+                &w,
+                [8, 16, 2, 2],
+                QuantType::Q8_0,
+                None,
+                &grouped
+            )
+            .is_none()
+        );
         // Linear whose input width does not match the weight.
         assert!(quantized_linear(small, &tensor([3, 32], 11), &w, QuantType::Q8_0, None).is_none());
     }

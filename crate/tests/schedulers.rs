@@ -334,12 +334,14 @@ fn read_safetensors(path: &PathBuf) -> HashMap<String, Vec<f32>> {
     tensors
 }
 
+/// Max |a - b|; any non-finite value on either side fails (a NaN would otherwise read as 0).
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).fold(0.0, |max: f64, (&x, &y)| {
+        let d = (x as f64 - y as f64).abs();
+        assert!(d.is_finite(), "non-finite value: ours {x}, reference {y}");
+        max.max(d)
+    })
 }
 
 #[test]

@@ -46,7 +46,9 @@ impl KernelPolicy {
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Sdweb, Self::Burn].into_iter().find(|p| p.name() == name)
+        [Self::Sdweb, Self::Burn]
+            .into_iter()
+            .find(|p| p.name() == name)
     }
 }
 
@@ -74,4 +76,12 @@ pub fn on_cpu_adapter<const D: usize>(t: &burn::tensor::Tensor<D>) -> bool {
     t.clone()
         .try_into_primitive::<burn::backend::Wgpu>()
         .is_ok_and(|t| launch::on_cpu_adapter(&t))
+}
+
+/// The adapter's largest storage-buffer binding (WebGPU's default: 128 MiB).
+pub fn device_max_binding_bytes(device: &burn::tensor::Device) -> usize {
+    burn::tensor::Tensor::<1>::zeros([1], device)
+        .try_into_primitive::<burn::backend::Wgpu>()
+        .map(|t| launch::max_binding_bytes(&t))
+        .unwrap_or(128 << 20)
 }

@@ -28,11 +28,12 @@ pub enum WeightError {
         expected: Vec<usize>,
         source_desc: String,
     },
-    #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
+    #[error("tensor {name} in {source_desc} has shape {found:?}, expected {expected:?}")]
     Shape {
         name: String,
         expected: Vec<usize>,
         found: Vec<usize>,
+        source_desc: String,
     },
     #[error("{file}: malformed weights file: {why}")]
     Malformed { file: String, why: String },
@@ -40,8 +41,17 @@ pub enum WeightError {
     Io { file: String, error: std::io::Error },
     #[error("no weights file in {dir}: looked for {candidates}")]
     NoWeightsFile { dir: String, candidates: String },
+    /// Where a converted copy is written (exists, is the input, cannot be created).
+    #[error("{0}")]
+    Destination(String),
     #[error("internal: header needs {0} bytes")]
     NeedMoreBytes(usize),
+}
+
+impl From<String> for WeightError {
+    fn from(message: String) -> Self {
+        Self::Destination(message)
+    }
 }
 
 impl WeightError {
@@ -135,6 +145,8 @@ pub struct StoredTensor {
     pub shards: Vec<Tensor<1>>,
     /// The weight as a quantised `[rows, row length]` matrix (blocks run along rows).
     pub quantized: Option<(QuantType, Tensor<2>)>,
+    /// Integer tensors (position ids) are kept for completeness but are no layer weight.
+    pub integer: bool,
 }
 
 /// How a pending tensor's bytes become a GPU tensor.
@@ -199,6 +211,11 @@ impl TensorStore {
 
     /// Quantise float weights that `policy` selects as they arrive; `component` (unet, vae,
     /// text_encoder) is what the policy's patterns match against.
+    /// What errors name as the tensors' source: the weights file once it is known.
+    pub fn set_description(&mut self, description: impl Into<String>) {
+        self.description = description.into();
+    }
+
     pub fn set_quantization(&mut self, policy: QuantPolicy, component: &str) {
         self.quantization = Some((policy, component.to_string()));
     }
@@ -398,6 +415,7 @@ impl TensorStore {
                 shape: shape.to_vec(),
                 shards: Vec::new(),
                 quantized: Some((ty, tensor)),
+                integer: false,
             },
         );
         Ok(())
@@ -456,6 +474,7 @@ impl TensorStore {
                 shape: pending.shape,
                 shards,
                 quantized: pending.quantized,
+                integer: matches!(pending.dtype, StorageDType::I32 | StorageDType::I64),
             },
         );
     }
@@ -478,6 +497,7 @@ impl TensorStore {
         path: &Path,
         rename: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(), WeightError> {
+        self.set_description(path.display().to_string());
         let stream = read_file_chunks(
             path,
             |file, size| stream::SafetensorsStream::new(file, size, Box::new(rename)),
@@ -513,6 +533,14 @@ impl TensorStore {
             expected: expected.to_vec(),
             source_desc: self.description.clone(),
         })?;
+        if stored.integer {
+            return Err(WeightError::Malformed {
+                file: self.description.clone(),
+                why: format!(
+                    "tensor {name} holds integers; layer weights must be F32, F16 or BF16"
+                ),
+            });
+        }
         // Quantised files record weights as [rows, row length]: the same bytes as any
         // shape with that many rows and elements.
         let same_matrix = stored.quantized.is_some()
@@ -525,6 +553,7 @@ impl TensorStore {
                 name: name.to_string(),
                 expected: expected.to_vec(),
                 found: stored.shape.clone(),
+                source_desc: self.description.clone(),
             });
         }
         self.taken.borrow_mut().insert(name.to_string());

@@ -36,9 +36,25 @@ const COPIED: &[&str] = &[
 ];
 
 #[cfg(not(target_arch = "wasm32"))]
-/// Quantises the diffusers folder `input` into `output` (created; existing files replaced);
+/// Quantises the diffusers folder `input` into the new folder `output` (whole or not at all:
+/// written beside it and renamed at the end; never `input` or inside it, never over a folder);
 /// with no policy, every float tensor is just stored as f16 (an fp16 copy).
 pub fn quantize_folder(
+    input: &Path,
+    output: &Path,
+    policy: Option<&QuantPolicy>,
+) -> Result<Vec<ComponentReport>, WeightError> {
+    let mut reports = Vec::new();
+    crate::files::create_folder_atomically(input, output, |partial| {
+        reports = write_quantized_folder(input, partial, policy)?;
+        Ok::<(), WeightError>(())
+    })?;
+    Ok(reports)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// [`quantize_folder`]'s work, into the (temporary) folder `output`.
+fn write_quantized_folder(
     input: &Path,
     output: &Path,
     policy: Option<&QuantPolicy>,
