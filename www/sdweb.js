@@ -91,13 +91,94 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
   // Ask once that the browser keep our weights under storage pressure (window-only API).
   globalThis.navigator?.storage?.persist?.().catch(() => {});
 
+  const taesdUrl = taesd ? new URL(String(taesd).replace(/\/+$/, ''), globalThis.document?.baseURI ?? globalThis.location?.href).href : undefined;
+  const loadRequest = { op: 'load', model: base, revision: revision ?? revisionOf(base), precision, quantize, taesd: taesdUrl, portable };
+  let session = await openSession(loadRequest, onProgress);
+  const info = { ...session.info, model: base, schedulers: SCHEDULERS };
+  let busy = false;
+  let disposed = false;
+
+  return {
+    info,
+    async generate({ prompt = '', negativePrompt = '', steps = info.steps, guidance = info.guidance, scheduler,
+      width, height, seed, signal, initImage, strength, mask, onProgress: perCall } = {}) {
+      if (disposed) throw new Error('the generator was disposed');
+      if (busy) throw new Error('a generation is already running on this generator; wait for it (or abort it) first');
+      if (signal?.aborted) throw Object.assign(new Error('generation cancelled'), { name: 'AbortError' });
+      busy = true;
+      try {
+        return await run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, perCall });
+      } finally {
+        busy = false;
+      }
+    },
+    /** Destroys the worker's GPU device, as a driver reset or a lost GPU would (for tests). */
+    simulateDeviceLoss() {
+      session.worker.postMessage({ op: 'lose-device' });
+    },
+    dispose() {
+      disposed = true;
+      session.close(new Error('the generator was disposed'));
+    },
+  };
+
+  async function run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, perCall }) {
+    const progress = perCall ?? onProgress;
+    // A lost device or a crashed worker: start a new one, which reloads from the cache.
+    if (session.failure) {
+      progress({ type: 'restart', reason: session.failure.message });
+      session = await openSession(loadRequest, onProgress);
+    }
+    seed ??= Math.floor(Math.random() * 2 ** 32);
+    // img2img: any image source (Blob, <img>, canvas, ImageData, ImageBitmap); its own size,
+    // rounded down to the size multiple, unless width/height are given.
+    const bitmap = initImage ? await createImageBitmap(initImage) : undefined;
+    const fit = (v) => Math.max(1, Math.floor(v / info.sizeMultiple)) * info.sizeMultiple;
+    width ??= bitmap ? fit(bitmap.width) : info.width;
+    height ??= bitmap ? fit(bitmap.height) : info.height;
+    const request = { prompt, negativePrompt, steps: Number(steps), guidance: Number(guidance), width: Number(width), height: Number(height), seed: Number(seed) };
+    if (scheduler) request.scheduler = scheduler;
+    if (mask && !bitmap) throw new Error('a mask needs an initImage to inpaint');
+    // Inpainting: white = repaint; resized to the generation size in the worker.
+    const maskBitmap = mask ? await createImageBitmap(mask) : undefined;
+    if (strength !== undefined) request.strength = Number(strength);
+    const { worker, call } = session;
+    const abort = () => worker.postMessage({ op: 'cancel' });
+    signal?.addEventListener('abort', abort, { once: true });
+    try {
+      const out = await call({ op: 'generate', request, initImage: bitmap, mask: maskBitmap }, progress,
+        [bitmap, maskBitmap].filter(Boolean));
+      return { ...out, png: new Blob([out.png], { type: 'image/png' }) };
+    } finally {
+      signal?.removeEventListener('abort', abort);
+    }
+  }
+}
+
+/**
+ * A worker with the model loaded: `call(message)` sends a request and resolves with its result;
+ * `failure` is set (and every waiting call rejected) once the worker crashes or its GPU device
+ * is lost, after which the session is useless and the generator opens a new one.
+ */
+async function openSession(loadRequest, onProgress) {
   const worker = startWorker();
   let nextId = 1;
   const pending = new Map();
-  let failure = null;
+  const session = { worker, failure: null, info: null };
+  const fail = (error) => {
+    if (session.failure) return;
+    session.failure = error;
+    for (const waiting of pending.values()) waiting.reject(error);
+    pending.clear();
+    worker.terminate();
+  };
   worker.onmessage = ({ data }) => {
-    const call = pending.get(data.id);
-    if (!call) return;
+    if (data.type === 'lost') {
+      fail(new Error(`The GPU stopped working for this page (${data.message}); the next generation starts it again.`));
+      return;
+    }
+    const waiting = pending.get(data.id);
+    if (!waiting) return;
     if (data.type === 'progress') {
       const event = data.event;
       if (event.type === 'preview' && event.pixels) {
@@ -106,76 +187,37 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
         canvas.getContext('2d').putImageData(new ImageData(event.pixels, event.width, event.height), 0, 0);
         event.bitmap = canvas;
       }
-      try { call.onProgress(event); } catch (e) { console.error('onProgress threw', e); }
+      try { waiting.onProgress(event); } catch (e) { console.error('onProgress threw', e); }
     } else {
       pending.delete(data.id);
-      if (data.type === 'result') call.resolve(data.value);
-      else call.reject(toError(data.error));
+      if (data.type === 'result') waiting.resolve(data.value);
+      else waiting.reject(toError(data.error));
     }
   };
-  // A crashed worker (e.g. a wasm panic) fails every waiting call with its message.
+  // A crashed worker (e.g. a wasm trap) fails every waiting call with its message.
   worker.onerror = (event) => {
     event.preventDefault();
-    failure = new Error(`The generator stopped: ${event.message || 'worker error'}`);
-    for (const call of pending.values()) call.reject(failure);
-    pending.clear();
+    fail(new Error(`The generator stopped (${event.message || 'worker error'}); the next generation starts it again.`));
   };
-  const call = (message, progress = onProgress, transfer = []) => new Promise((resolve, reject) => {
-    if (failure) { reject(failure); return; }
+  session.call = (message, progress = onProgress, transfer = []) => new Promise((resolve, reject) => {
+    if (session.failure) { reject(session.failure); return; }
     const id = nextId++;
     pending.set(id, { resolve, reject, onProgress: progress });
     worker.postMessage({ id, ...message }, transfer);
   });
-
-  let info;
+  session.close = (reason) => {
+    for (const waiting of pending.values()) waiting.reject(reason);
+    pending.clear();
+    session.failure = reason;
+    worker.postMessage({ id: 0, op: 'dispose' });
+    // Terminating the worker releases its GPU device and everything on it.
+    setTimeout(() => worker.terminate(), 100);
+  };
   try {
-    const taesdUrl = taesd ? new URL(String(taesd).replace(/\/+$/, ''), globalThis.document?.baseURI ?? globalThis.location?.href).href : undefined;
-    info = await call({ op: 'load', model: base, revision: revision ?? revisionOf(base), precision, quantize, taesd: taesdUrl, portable });
+    session.info = await session.call(loadRequest);
   } catch (e) {
     worker.terminate();
     throw e;
   }
-  info = { ...info, model: base, schedulers: SCHEDULERS };
-  let busy = false;
-
-  return {
-    info,
-    async generate({ prompt = '', negativePrompt = '', steps = info.steps, guidance = info.guidance, scheduler,
-      width, height, seed, signal, initImage, strength, mask, onProgress: perCall } = {}) {
-      if (busy) throw new Error('a generation is already running on this generator');
-      if (signal?.aborted) throw Object.assign(new Error('generation cancelled'), { name: 'AbortError' });
-      seed ??= Math.floor(Math.random() * 2 ** 32);
-      // img2img: any image source (Blob, <img>, canvas, ImageData, ImageBitmap); its own size,
-      // rounded down to the size multiple, unless width/height are given.
-      const bitmap = initImage ? await createImageBitmap(initImage) : undefined;
-      const fit = (v) => Math.max(1, Math.floor(v / info.sizeMultiple)) * info.sizeMultiple;
-      width ??= bitmap ? fit(bitmap.width) : info.width;
-      height ??= bitmap ? fit(bitmap.height) : info.height;
-      const request = { prompt, negativePrompt, steps: Number(steps), guidance: Number(guidance), width: Number(width), height: Number(height), seed: Number(seed) };
-      if (scheduler) request.scheduler = scheduler;
-      if (mask && !bitmap) throw new Error('a mask needs an initImage to inpaint');
-      // Inpainting: white = repaint; resized to the generation size in the worker.
-      const maskBitmap = mask ? await createImageBitmap(mask) : undefined;
-      if (strength !== undefined) request.strength = Number(strength);
-      const abort = () => worker.postMessage({ op: 'cancel' });
-      signal?.addEventListener('abort', abort, { once: true });
-      busy = true;
-      try {
-        const out = await call({ op: 'generate', request, initImage: bitmap, mask: maskBitmap }, perCall ?? onProgress,
-          [bitmap, maskBitmap].filter(Boolean));
-        return { ...out, png: new Blob([out.png], { type: 'image/png' }) };
-      } finally {
-        busy = false;
-        signal?.removeEventListener('abort', abort);
-      }
-    },
-    dispose() {
-      for (const c of pending.values()) c.reject(new Error('the generator was disposed'));
-      pending.clear();
-      failure = new Error('the generator was disposed');
-      worker.postMessage({ id: 0, op: 'dispose' });
-      // Terminating the worker releases its GPU device and everything on it.
-      setTimeout(() => worker.terminate(), 100);
-    },
-  };
+  return session;
 }

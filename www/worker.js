@@ -2,7 +2,8 @@
 // It fetches a diffusers repository through the IndexedDB cache (cache.js) and streams each
 // weights file, chunk by chunk, into GPU buffers: no file is ever whole in memory.
 //
-// Protocol (see sdweb.js): requests {id, op, ...}; replies {id, type: 'progress'|'result'|'error'}.
+// Protocol (see sdweb.js): requests {id, op, ...}; replies {id, type: 'progress'|'result'|'error'};
+// {type: 'lost', message} when the GPU device is gone.
 
 import init, { ModelLoader, WeightsQuantizer, checkModelIndex } from './pkg/sdweb.js';
 import { ModelCache } from './cache.js';
@@ -27,8 +28,25 @@ if (self.GPUAdapter) {
   GPUAdapter.prototype.requestDevice = function (descriptor = {}) {
     const features = new Set(descriptor.requiredFeatures ?? []);
     if (this.features.has('subgroups')) features.add('subgroups');
-    return requestDevice.call(this, { ...descriptor, requiredFeatures: [...features] });
+    return requestDevice.call(this, { ...descriptor, requiredFeatures: [...features] }).then(watchDevice);
   };
+}
+
+// A lost device (driver reset, GPU process crash, another tab's OOM) or an error nothing
+// captured leaves the wasm core with dead GPU state: tell the page, which drops this worker
+// and starts a new one for the next generation (sdweb.js).
+let device = null;
+let disposing = false;
+function watchDevice(d) {
+  device = d;
+  d.lost.then((lost) => {
+    if (!disposing) self.postMessage({ type: 'lost', message: `device lost: ${lost.message || lost.reason || 'unknown reason'}` });
+  });
+  d.addEventListener('uncapturederror', (event) => {
+    console.error('uncaptured WebGPU error', event.error);
+    self.postMessage({ type: 'lost', message: `GPU error: ${event.error?.message ?? event.error}` });
+  });
+  return d;
 }
 
 // wgpu does not surface WGSL compile errors; log them (with the failing line) so a shader
@@ -65,6 +83,10 @@ self.onmessage = async ({ data }) => {
     generator?.cancel();
     return;
   }
+  if (op === 'lose-device') {
+    device?.destroy();
+    return;
+  }
   const progress = (event) => self.postMessage({ id, type: 'progress', event });
   try {
     await wasmReady;
@@ -74,6 +96,7 @@ self.onmessage = async ({ data }) => {
       const value = await generate({ ...data.request, initImage: data.initImage, mask: data.mask }, progress);
       self.postMessage({ id, type: 'result', value }, [value.png.buffer]);
     } else if (op === 'dispose') {
+      disposing = true;
       generator?.free();
       generator = null;
       self.postMessage({ id, type: 'result', value: null });

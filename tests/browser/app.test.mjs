@@ -167,6 +167,33 @@ test('progress events arrive in order; abort stops within one step and the gener
   assert.equal(result.againSeed, PARAMS.seed + 1);
 });
 
+test('after a lost GPU device the next generation restarts the worker and gives the same image; calls never overlap', { timeout: 10 * MINUTES }, async () => {
+  const result = await page.evaluate(async (params) => {
+    const gen = window.sdwebApp.generator;
+    const b64 = async (blob) => {
+      let s = '';
+      for (const byte of new Uint8Array(await blob.arrayBuffer())) s += String.fromCharCode(byte);
+      return btoa(s);
+    };
+    const before = await gen.generate(params);
+    // Two calls at once: the second is refused at once, the first unharmed.
+    const first = gen.generate(params);
+    let overlap = null;
+    try { await gen.generate(params); } catch (e) { overlap = e.message; }
+    await first;
+    gen.simulateDeviceLoss(); // GPUDevice.destroy() in the worker
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const events = [];
+    const after = await gen.generate({ ...params, onProgress: (e) => events.push(e.type === 'restart' ? `restart: ${e.reason}` : e.type) });
+    return { before: await b64(before.png), after: await b64(after.png), overlap, events };
+  }, PARAMS);
+  assert.match(result.overlap ?? '', /already running/);
+  assert.match(result.events[0] ?? '', /^restart: The GPU stopped working for this page \(device lost/, result.events.join(', '));
+  assert.equal(result.events.at(-1), 'done');
+  const diff = await maxPixelDiff(result.before, result.after);
+  assert.equal(diff.max, 0, `after the restart: ${JSON.stringify(diff)}`);
+});
+
 test('img2img through the JS API matches diffusers; a preview arrives after every step', { timeout: 10 * MINUTES }, async () => {
   const dir = path.join(ROOT, 'tests/fixtures/reference/img2img');
   const c = JSON.parse(readFileSync(path.join(dir, 'cases.json'), 'utf8')).find((x) => x.name === 'img2img-sd1-ddim-s0.75');
