@@ -84,7 +84,41 @@ fn main(
         // score's weight below is exp(-1e30 - max) = 0.
         key_end = min(key_end, min(first + 4u, end));
     }
-    for (var key = key_begin; key < key_end; key++) {
+    // Four keys per iteration: one rescale of the output (and one loop step) per four keys.
+    var key = key_begin;
+    for (; key + 4u <= key_end; key += 4u) {
+        var s: array<vec4<f32>, 4>;
+        for (var j = 0u; j < 4u; j++) {
+            var acc = vec4<f32>(0.0);
+            for (var c = 0u; c < D4; c++) {
+                let kk = k4(k_base + (key + j) * info.k_stride, c);
+                acc += qt[4u * c] * kk.x + qt[4u * c + 1u] * kk.y + qt[4u * c + 2u] * kk.z + qt[4u * c + 3u] * kk.w;
+            }
+            if (info.causal != 0u) {
+                acc = select(acc, vec4<f32>(MASKED), vec4<u32>(key + j) > rows);
+            }
+            s[j] = acc;
+        }
+        let new_max = max(row_max, max(max(s[0], s[1]), max(s[2], s[3])));
+        let alpha = exp(row_max - new_max);
+        let p0 = exp(s[0] - new_max);
+        let p1 = exp(s[1] - new_max);
+        let p2 = exp(s[2] - new_max);
+        let p3 = exp(s[3] - new_max);
+        row_sum = row_sum * alpha + (p0 + p1) + (p2 + p3);
+        row_max = new_max;
+        for (var c = 0u; c < D4; c++) {
+            let v0 = v4(v_base + key * info.v_stride, c);
+            let v1 = v4(v_base + (key + 1u) * info.v_stride, c);
+            let v2 = v4(v_base + (key + 2u) * info.v_stride, c);
+            let v3 = v4(v_base + (key + 3u) * info.v_stride, c);
+            o[4u * c] = o[4u * c] * alpha + p0 * v0.x + p1 * v1.x + p2 * v2.x + p3 * v3.x;
+            o[4u * c + 1u] = o[4u * c + 1u] * alpha + p0 * v0.y + p1 * v1.y + p2 * v2.y + p3 * v3.y;
+            o[4u * c + 2u] = o[4u * c + 2u] * alpha + p0 * v0.z + p1 * v1.z + p2 * v2.z + p3 * v3.z;
+            o[4u * c + 3u] = o[4u * c + 3u] * alpha + p0 * v0.w + p1 * v1.w + p2 * v2.w + p3 * v3.w;
+        }
+    }
+    for (; key < key_end; key++) {
         var s = vec4<f32>(0.0);
         for (var c = 0u; c < D4; c++) {
             let kk = k4(k_base + key * info.k_stride, c);

@@ -15,8 +15,9 @@ use burn::tensor::{DType, Tensor};
 
 use super::launch::{
     Arg, Shader, ShaderFile, cube, dispatch, empty, fits_u32, grid_1d, max_binding_bytes,
-    on_cpu_adapter, tensor,
+    on_cpu_adapter, tensor, wgsl_type,
 };
+use super::weight::vec4_array;
 
 pub struct FlashAttentionFile;
 impl ShaderFile for FlashAttentionFile {
@@ -86,12 +87,21 @@ fn dims_per_step(head_dim: usize, rows: usize) -> usize {
 /// key's and value's loads (a CPU driver gathers every lane's load) and its arithmetic.
 const ROWS_PER_INVOCATION: usize = 4;
 
-/// The rows kernel's `q4`/`k4`/`v4`: a CPU driver runs a loop with a dynamic vector index
-/// slowly, so head dims that are multiples of 4 (all of SD's) get straight-line loads.
-fn row_loads(head_dim: usize) -> String {
+/// The widest head the rows kernel takes: its per-lane q and output (8 · head dim floats) fit a
+/// CPU driver's registers up to here. Wider heads (the VAE's 512) run burn's fused attention on
+/// CPU adapters: at 4096 × 4096 the rows kernel took 3.1 s against burn's 0.95 s for 160
+/// dims, and over 10 minutes for 512.
+pub const ROWS_MAX_HEAD_DIM: usize = 64;
+
+/// The rows kernel's `q4`/`k4`/`v4`: one vec4 load from vec4 bindings when rows are aligned,
+/// else straight-line scalar loads for head dims that are multiples of 4 (a CPU driver runs a
+/// loop with a dynamic vector index slowly), else a guarded loop.
+fn row_loads(head_dim: usize, vectorised: bool) -> String {
     ["q", "k", "v"]
         .map(|name| {
-            let body = if head_dim % 4 == 0 {
+            let body = if vectorised {
+                format!("return vec4<f32>({name}[base / 4u + c]);")
+            } else if head_dim % 4 == 0 {
                 format!("let i = base + 4u * c;\n    return vec4<f32>(f32({name}[i]), f32({name}[i + 1u]), f32({name}[i + 2u]), f32({name}[i + 3u]));")
             } else {
                 format!("var r = vec4<f32>(0.0);\n    for (var e = 0u; e < 4u; e++) {{\n        if (4u * c + e < D) {{\n            r[e] = f32({name}[base + 4u * c + e]);\n        }}\n    }}\n    return r;")
@@ -106,11 +116,11 @@ fn row_loads(head_dim: usize) -> String {
 const KEY_LOOP_BUDGET: usize = 32768;
 
 /// Keys per split: what the loop budget allows on CPU adapters (the tiled kernel spends about
-/// 6 iterations per head dim and key block, the rows kernel 2 per 4 dims and key), all of
+/// 6 iterations per head dim and key block, the rows kernel 2 per 4 dims and key, plus 2), all of
 /// them on GPUs.
 fn split_keys(kernel: AttentionKernel, cpu_adapter: bool, head_dim: usize, sk: usize) -> usize {
     let per_key = match kernel {
-        AttentionKernel::Rows => 2 * head_dim.div_ceil(4) + 1,
+        AttentionKernel::Rows => 2 * head_dim.div_ceil(4) + 2,
         AttentionKernel::Tiled => (6 * head_dim).div_ceil(32) + 4,
     };
     if cpu_adapter {
@@ -161,6 +171,9 @@ pub fn flash_attention_with(
     head_dim: usize,
     causal: bool,
 ) -> Option<Tensor<3>> {
+    if kernel == AttentionKernel::Rows && head_dim > ROWS_MAX_HEAD_DIM {
+        return None;
+    }
     let [batch, sq, q_width] = q.tokens.dims();
     let [kb, sk, k_width] = k.tokens.dims();
     let [vb, vs, v_width] = v.tokens.dims();
@@ -232,9 +245,20 @@ pub fn flash_attention_with(
             run(shader, layout, info, &inputs, &out, head_dim)?;
         }
         AttentionKernel::Rows => {
+            // vec4 bindings where every row start is a multiple of 4 values (all of SD's).
+            let aligned = [
+                head_dim, q.column, k.column, v.column, q_width, k_width, v_width,
+            ];
+            let vectorised = aligned.iter().all(|v| v % 4 == 0);
+            let ty = vec4_array(wgsl_type(dtype), vectorised);
+            let inputs = [
+                Arg::typed("q", &qc, ty.clone()),
+                Arg::typed("k", &kc, ty.clone()),
+                Arg::typed("v", &vc, ty),
+            ];
             let shader = Shader::<FlashAttentionRowsFile>::new(dtype)
                 .with("d", head_dim)
-                .with("loads", row_loads(head_dim));
+                .with("loads", row_loads(head_dim, vectorised));
             let layout = Layout {
                 workgroup: CubeDim::new_1d(64),
                 rows_per_group: 64 * ROWS_PER_INVOCATION,

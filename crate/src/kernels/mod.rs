@@ -17,7 +17,9 @@ mod norm;
 mod tiles;
 mod weight;
 
-pub use attention::{AttentionKernel, Heads, MAX_HEAD_DIM, flash_attention, flash_attention_with};
+pub use attention::{
+    AttentionKernel, Heads, MAX_HEAD_DIM, ROWS_MAX_HEAD_DIM, flash_attention, flash_attention_with,
+};
 pub use conv2d::{ConvEpilogue, conv2d, conv2d_with};
 pub use linear::{GEMV_MAX_ROWS, linear, linear_with};
 pub use norm::{geglu, group_norm, layer_norm};
