@@ -446,7 +446,6 @@ fn run(
         "seed {seed}, {width}x{height}, {} steps, guidance {}",
         opts.steps, opts.guidance
     );
-    model.check_request(&request)?;
     let report_progress = |p: Progress| match p {
         Progress::Tokenized {
             truncated: true,
