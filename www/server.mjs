@@ -10,7 +10,8 @@
 import { createServer } from 'node:http';
 import { createHash } from 'node:crypto';
 import { createReadStream, realpathSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
+import { brotliCompressSync, gzipSync } from 'node:zlib';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -34,10 +35,15 @@ const TYPES = {
 const CORS = {
   'Access-Control-Allow-Origin': '*',
   'Access-Control-Expose-Headers':
-    'ETag, X-Linked-Etag, X-Linked-Size, Content-Range, Content-Length, Accept-Ranges, X-Repo-Commit',
+    'ETag, X-Linked-Etag, X-Linked-Size, Content-Range, Content-Length, Content-Encoding, Accept-Ranges, X-Repo-Commit, Repr-Digest',
 };
 
-const FAULT_MODES = new Set(['drop-after', 'corrupt', 'truncate', 'status']);
+// Faults: drop-after, corrupt, truncate, status (bytes = the HTTP status). Header modes, which
+// combine with those (mode=a,b): plain-cdn (no Hub headers, a weak ETag), git-etag (the Hub's
+// small-file headers: ETag = git blob sha1, no X-Linked-*), repr-digest (plain CDN plus an RFC
+// 9530 Repr-Digest), gzip / br (content-encoded whole file, as a compressing CDN sends it;
+// Range ignored).
+const FAULT_MODES = new Set(['drop-after', 'corrupt', 'truncate', 'status', 'plain-cdn', 'git-etag', 'repr-digest', 'gzip', 'br']);
 
 /**
  * options: { port = 8080 (0 = any free port), host = '127.0.0.1', root = www/,
@@ -95,12 +101,13 @@ export async function startServer({ port = 8080, host = '127.0.0.1', root = WWW,
     }
     if (url.pathname === '/__fault') {
       const q = url.searchParams;
-      const fault = { mode: q.get('mode'), bytes: q.has('bytes') ? Number(q.get('bytes')) : null, times: Number(q.get('times') ?? 1) };
-      if (!q.get('path') || !FAULT_MODES.has(fault.mode) || (fault.mode === 'status' && !(fault.bytes >= 100))) {
-        return reply(400, { error: 'need path=/x and mode=drop-after|corrupt|truncate|status[&bytes=N][&times=K]; status needs bytes=<HTTP status>' });
+      const modes = (q.get('mode') ?? '').split(',');
+      const fault = { modes: new Set(modes), bytes: q.has('bytes') ? Number(q.get('bytes')) : null, times: Number(q.get('times') ?? 1) };
+      if (!q.get('path') || !modes.every((m) => FAULT_MODES.has(m)) || (fault.modes.has('status') && !(fault.bytes >= 100))) {
+        return reply(400, { error: `need path=/x and mode=${[...FAULT_MODES].join('|')} (comma-separated)[&bytes=N][&times=K]; status needs bytes=<HTTP status>` });
       }
       faults.set(q.get('path'), fault);
-      return reply(200, { ok: true, fault });
+      return reply(200, { ok: true, fault: { ...fault, modes: [...fault.modes] } });
     }
     return reply(404, { error: `no test hook ${url.pathname}` });
   }
@@ -150,7 +157,8 @@ export async function startServer({ port = 8080, host = '127.0.0.1', root = WWW,
     if (!st?.isFile()) return plain(res, 404, `not found: ${urlPath}`);
 
     const fault = req.method === 'GET' ? takeFault(urlPath) : null;
-    if (fault?.mode === 'status') return plain(res, fault.bytes, `injected status ${fault.bytes} for ${urlPath}`);
+    const modes = fault?.modes ?? new Set();
+    if (modes.has('status')) return plain(res, fault.bytes, `injected status ${fault.bytes} for ${urlPath}`);
 
     const sha = await sha256Of(file, st);
     const ext = path.extname(file).toLowerCase();
@@ -164,6 +172,24 @@ export async function startServer({ port = 8080, host = '127.0.0.1', root = WWW,
       'X-Linked-Etag': `"${sha}"`,
       'X-Linked-Size': String(st.size),
     };
+    if (modes.has('plain-cdn') || modes.has('git-etag') || modes.has('repr-digest')) {
+      delete headers['X-Linked-Etag'];
+      delete headers['X-Linked-Size'];
+      headers.ETag = `W/"${st.size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`;
+    }
+    if (modes.has('git-etag')) {
+      const content = await readFile(file);
+      headers.ETag = `"${createHash('sha1').update(`blob ${content.length}\0`).update(content).digest('hex')}"`;
+    }
+    if (modes.has('repr-digest')) headers['Repr-Digest'] = `sha-256=:${Buffer.from(sha, 'hex').toString('base64')}:`;
+    if (modes.has('gzip') || modes.has('br')) {
+      const content = await readFile(file);
+      const body = modes.has('gzip') ? gzipSync(content) : brotliCompressSync(content);
+      // As a compressing proxy does: the ETag names the encoded form, Content-Length counts it.
+      headers.ETag = `W/"${modes.has('gzip') ? 'gz' : 'br'}-${sha.slice(0, 16)}"`;
+      res.writeHead(200, { ...headers, 'Content-Encoding': modes.has('gzip') ? 'gzip' : 'br', 'Content-Length': String(body.length) });
+      return res.end(req.method === 'HEAD' ? undefined : body);
+    }
     if (!fault && req.headers['if-none-match'] === headers.ETag) {
       res.writeHead(304, headers);
       return res.end();
@@ -175,7 +201,7 @@ export async function startServer({ port = 8080, host = '127.0.0.1', root = WWW,
       return res.end();
     }
     let [start, end] = range ?? [0, st.size - 1]; // inclusive; end = -1 for an empty file
-    if (fault?.mode === 'truncate') end = Math.min(end, start + (fault.bytes ?? Math.floor((end - start + 1) / 2)) - 1);
+    if (modes.has('truncate')) end = Math.min(end, start + (fault.bytes ?? Math.floor((end - start + 1) / 2)) - 1);
     headers['Content-Length'] = String(end - start + 1);
     if (range) headers['Content-Range'] = `bytes ${start}-${end}/${st.size}`;
     res.writeHead(range ? 206 : 200, headers);
@@ -227,8 +253,8 @@ function parseRange(header, size) {
 // Stream file[start..end] to res, applying a drop-after or corrupt fault on the way.
 async function sendBody(res, file, start, end, fault) {
   const length = end - start + 1;
-  const dropAt = fault?.mode === 'drop-after' ? (fault.bytes ?? Math.floor(length / 2)) : Infinity;
-  const flipAt = fault?.mode === 'corrupt' ? Math.floor(length / 2) : -1;
+  const dropAt = fault?.modes.has('drop-after') ? (fault.bytes ?? Math.floor(length / 2)) : Infinity;
+  const flipAt = fault?.modes.has('corrupt') ? Math.floor(length / 2) : -1;
   const stream = createReadStream(file, { start, end });
   let sent = 0;
   try {

@@ -6,7 +6,7 @@
 // {type: 'lost', message} when the GPU device is gone.
 
 import init, { ModelLoader, WeightsQuantizer, checkModelIndex } from './pkg/sdweb.js';
-import { ModelCache } from './cache.js';
+import { ModelCache, formatBytes } from './cache.js';
 
 // sdweb's own kernels need neither the `subgroups` nor the `shader-f16` feature. A portable
 // load (createGenerator({ portable: true })) hides both from the adapter, so wgpu and CubeCL
@@ -138,90 +138,149 @@ async function quantizeCached(cache, component, quantize, sourceUrl, target, ent
   return { path: target.path, size: stored.size };
 }
 
+// One repository (a diffusers model folder, or TAESD's) through the cache: `pick` resolves
+// which of several candidate files exists (cached first, else by a HEAD request), `fetch`
+// downloads a picked file.
+function repository(cache, root, revision, progress, label = '') {
+  const base = root.replace(/\/+$/, '');
+  const url = (path) => `${base}/${path}`;
+  return {
+    base, url,
+    // -> { path, size, cached } for the first candidate that exists, or null (optional ones
+    // only: absent, or unreachable while offline).
+    async pick(candidates, { optional = false } = {}) {
+      for (const path of candidates) {
+        const cached = await cache.info(url(path), revision);
+        if (cached) return { path, size: cached.size, cached: true };
+      }
+      for (const path of candidates) {
+        try {
+          const remote = await cache.probe(url(path), { model: base });
+          if (remote.exists) return { path, size: remote.size, cached: false };
+        } catch (e) {
+          if (optional && e.code === 'network') return null;
+          throw e;
+        }
+      }
+      if (optional) return null;
+      throw Object.assign(new Error(`${base}/${candidates.join(' or ')} does not exist (HTTP 404)`), { code: 'http', status: 404, url: url(candidates[0]) });
+    },
+    async fetch(file) {
+      if (!file || file.cached) return;
+      await cache.ensure(url(file.path), {
+        model: base, revision,
+        onProgress: (loaded, total) => progress({ type: 'download', file: label + file.path, loaded, total }),
+      });
+    },
+    text: (path) => cache.text(url(path), revision),
+    cached: (path) => cache.info(url(path), revision),
+  };
+}
+
+// Every file a load needs, resolved before any byte is downloaded. Weights: the fp16 variant
+// when published (half the download; converted on upload), else f32; with `quantize`, a
+// quantised copy cached under a derived name (made once, chunk by chunk, then the original is
+// dropped), which later loads read instead.
+async function planLoad(repo, taesdRepo, quantize) {
+  const plan = { files: [], tokenizer: {}, weights: {}, preview: null };
+  const add = (file, extra = {}) => {
+    if (file) plan.files.push({ repo, ...file, ...extra });
+    return file;
+  };
+  add(await repo.pick(['model_index.json']));
+  // The tokenizer: tokenizer.json (fast layout) or vocab.json + merges.txt (original SD layout).
+  const slow = async (optional) => {
+    const vocab = await repo.pick(['tokenizer/vocab.json'], { optional });
+    const merges = vocab && (await repo.pick(['tokenizer/merges.txt'], { optional }));
+    return vocab && merges ? { vocab_json: vocab, merges_txt: merges } : null;
+  };
+  const cachedSlow = await slow(true).then((files) => (files?.vocab_json.cached && files.merges_txt.cached ? files : null));
+  const fast = cachedSlow ? null : await repo.pick(['tokenizer/tokenizer.json'], { optional: true });
+  const tokenizer = cachedSlow ?? (fast ? { tokenizer_json: fast } : await slow(false));
+  tokenizer.tokenizer_config_json = await repo.pick(['tokenizer/tokenizer_config.json'], { optional: true });
+  tokenizer.special_tokens_map_json = await repo.pick(['tokenizer/special_tokens_map.json'], { optional: true });
+  for (const [key, file] of Object.entries(tokenizer)) if (add(file)) plan.tokenizer[key] = file.path;
+
+  for (const component of COMPONENTS) {
+    add(await repo.pick([`${component}/config.json`]));
+    const stem = `${component}/${WEIGHT_STEMS[component]}`;
+    const derivedPath = quantize ? `${stem}.sdweb-${quantize}.safetensors` : null;
+    // Made here, never on a server: only the cache can have it.
+    const derived = derivedPath && (await repo.cached(derivedPath));
+    if (derived) {
+      plan.weights[component] = { path: derivedPath, size: derived.size };
+      continue;
+    }
+    const candidates = [`${stem}.fp16.safetensors`, `${stem}.safetensors`];
+    const source = await repo.pick(candidates, { optional: true });
+    if (!source) throw new Error(`${repo.base}/${component}/ has no weights: looked for ${candidates.map((c) => c.split('/').pop()).join(' and ')}`);
+    add(source, { quantizeTo: derivedPath, component });
+    plan.weights[component] = { path: derivedPath ?? source.path, size: source.size, source };
+  }
+  add(await repo.pick(['scheduler/scheduler_config.json']));
+  if (taesdRepo) {
+    add(await taesdRepo.pick(['config.json']), { repo: taesdRepo });
+    const weights = add(await taesdRepo.pick(['diffusion_pytorch_model.safetensors']), { repo: taesdRepo });
+    plan.preview = weights;
+  }
+  return plan;
+}
+
+// The storage the plan's downloads need at their peak: each file as it arrives, plus, while a
+// quantised copy is written, room for it next to its original (a copy is never larger than its
+// source: q8_0 stores 8.5 bits per weight, q4_0 4.5, against f16's 16).
+function peakStorage(plan) {
+  let stored = 0;
+  let peak = 0;
+  for (const file of plan.files) {
+    if (!file.cached) stored += file.size ?? 0;
+    peak = Math.max(peak, stored + (file.quantizeTo ? (file.size ?? 0) : 0));
+  }
+  return peak;
+}
+
+async function checkSpaceFor(cache, plan, name, quantize) {
+  const downloads = plan.files.filter((f) => !f.cached);
+  if (!downloads.length && !plan.files.some((f) => f.quantizeTo)) return;
+  const bytes = downloads.reduce((n, f) => n + (f.size ?? 0), 0);
+  const unknown = downloads.filter((f) => f.size == null).length;
+  let detail = `${downloads.length} files to download, ${formatBytes(bytes)}${unknown ? ` (${unknown} of unannounced size not counted)` : ''}`;
+  if (downloads.some((f) => f.quantizeTo)) detail += `, and room for each ${quantize} copy while it is made next to its original`;
+  await cache.checkSpace(peakStorage(plan), name, detail);
+}
+
 async function load({ model, revision, precision, quantize, taesd, portable }, progress) {
   if (generator) { generator.free(); generator = null; }
   hiddenFeatures = new Set(portable ? ['subgroups', 'shader-f16'] : []);
   const cache = await ModelCache.open();
-  const base = model.replace(/\/+$/, '');
-  const url = (path) => `${base}/${path}`;
+  const repo = repository(cache, model, revision, progress);
+  const base = repo.base;
+  const url = repo.url;
+  const taesdRepo = taesd ? repository(cache, taesd, revision, progress, 'taesd/') : null;
 
   // Cached files are used without any request, so a second visit works offline.
-  const fetchFile = async (path) => {
-    const cached = await cache.info(url(path), revision);
-    if (cached) return cached;
-    return cache.ensure(url(path), {
-      model: base, revision,
-      onProgress: (loaded, total) => progress({ type: 'download', file: path, loaded, total }),
-    });
-  };
-  // Optional files: absent (404) or unreachable while their alternatives are cached → null.
-  const fetchOptional = async (path) => {
-    try {
-      return await fetchFile(path);
-    } catch (e) {
-      if (e.code === 'http' && e.status === 404) return null;
-      if (e.code === 'network') return null;
-      throw e;
-    }
-  };
-  const text = async (path) => { await fetchFile(path); return cache.text(url(path), revision); };
-
+  const plan = await planLoad(repo, taesdRepo, quantize);
+  await checkSpaceFor(cache, plan, base.split('/').filter(Boolean).pop() ?? base, quantize);
   await wasmReady;
-  checkModelIndex(await text('model_index.json'), `${base}/model_index.json`);
+  await repo.fetch(plan.files[0]);
+  checkModelIndex(await repo.text('model_index.json'), `${base}/model_index.json`);
 
-  // The tokenizer: tokenizer.json (fast layout) or vocab.json + merges.txt (original SD layout).
-  const tokenizerFiles = {};
-  const haveSlow = (await cache.info(url('tokenizer/vocab.json'), revision)) && (await cache.info(url('tokenizer/merges.txt'), revision));
-  if (!haveSlow && (await fetchOptional('tokenizer/tokenizer.json'))) tokenizerFiles.tokenizer_json = 'tokenizer/tokenizer.json';
-  if (!tokenizerFiles.tokenizer_json) {
-    await fetchFile('tokenizer/vocab.json');
-    await fetchFile('tokenizer/merges.txt');
-    tokenizerFiles.vocab_json = 'tokenizer/vocab.json';
-    tokenizerFiles.merges_txt = 'tokenizer/merges.txt';
-  }
-  for (const [key, path] of [['tokenizer_config_json', 'tokenizer/tokenizer_config.json'], ['special_tokens_map_json', 'tokenizer/special_tokens_map.json']]) {
-    if (await fetchOptional(path)) tokenizerFiles[key] = path;
-  }
-
-  // Weights: the fp16 variant when published (half the download; converted on upload), else f32.
-  // With `quantize`, the cache keeps a quantised copy under a derived name instead (made once,
-  // chunk by chunk, then the original is dropped): later loads read the small copy.
-  const weights = {};
-  for (const component of COMPONENTS) {
-    await fetchFile(`${component}/config.json`);
-    const stem = `${component}/${WEIGHT_STEMS[component]}`;
-    const derivedPath = quantize ? `${stem}.sdweb-${quantize}.safetensors` : null;
-    const derived = derivedPath && (await cache.info(url(derivedPath), revision));
-    if (derived) { weights[component] = { path: derivedPath, size: derived.size }; continue; }
-    const candidates = [`${stem}.fp16.safetensors`, `${stem}.safetensors`];
-    let found = null;
-    for (const path of candidates) {
-      const cached = await cache.info(url(path), revision);
-      if (cached) { found = { path, size: cached.size }; break; }
+  for (const file of plan.files.slice(1)) {
+    await file.repo.fetch(file);
+    file.size = (await cache.info(file.repo.url(file.path), revision)).size; // a HEAD may not have announced it
+    if (file.component) plan.weights[file.component].size = file.size;
+    if (file.quantizeTo) {
+      const stored = await quantizeCached(cache, file.component, quantize, url(file.path), { path: file.quantizeTo, url: url(file.quantizeTo) }, { model: base, revision }, file, progress);
+      plan.weights[file.component] = stored;
     }
-    for (const path of candidates) {
-      if (found) break;
-      const got = await fetchOptional(path);
-      if (got) found = { path, size: got.size };
-    }
-    if (!found) throw new Error(`${base}/${component}/ has no weights: looked for ${candidates.map((c) => c.split('/').pop()).join(' and ')}`);
-    if (derivedPath) found = await quantizeCached(cache, component, quantize, url(found.path), { path: derivedPath, url: url(derivedPath) }, { model: base, revision }, found, progress);
-    weights[component] = found;
   }
-  await fetchFile('scheduler/scheduler_config.json');
+  const tokenizerFiles = plan.tokenizer;
+  const weights = plan.weights;
 
   // Optional TAESD (a separate repository) for image-sized previews after each step.
   let preview = null;
-  if (taesd) {
-    const tBase = taesd.replace(/\/+$/, '');
-    const tUrl = (path) => `${tBase}/${path}`;
-    const tFetch = async (path) => (await cache.info(tUrl(path), revision)) ?? cache.ensure(tUrl(path), {
-      model: tBase, revision,
-      onProgress: (loaded, total) => progress({ type: 'download', file: `taesd/${path}`, loaded, total }),
-    });
-    await tFetch('config.json');
-    const weightsEntry = await tFetch('diffusion_pytorch_model.safetensors');
-    preview = { config: await cache.text(tUrl('config.json'), revision), url: tUrl('diffusion_pytorch_model.safetensors'), size: weightsEntry.size };
+  if (taesdRepo) {
+    preview = { config: await taesdRepo.text('config.json'), url: taesdRepo.url(plan.preview.path), size: (await cache.info(taesdRepo.url(plan.preview.path), revision)).size };
   }
 
   const loader = await ModelLoader.create(base.split('/').filter(Boolean).pop() ?? base, precision ?? 'auto', quantize ?? undefined);

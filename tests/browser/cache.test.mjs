@@ -4,13 +4,15 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { startServer } from '../../www/server.mjs';
 
 const MiB = 1 << 20;
+const FIXTURE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/sd1_tiny');
 const CHUNK = 4 * MiB; // cache.js CHUNK_BYTES
 
 // Deterministic pseudo-random bytes (xorshift32), different per seed.
@@ -38,6 +40,14 @@ const files = {
   'abort/weights.safetensors': bytes(CHUNK + MiB, 5),
   'quota/unet/weights.safetensors': bytes(6 * MiB, 6),
   'partial/weights.safetensors': bytes(CHUNK + 2 * MiB, 7),
+  'repair/weights.safetensors': bytes(2 * CHUNK + 777, 8),
+  'repair-fail/weights.safetensors': bytes(CHUNK + 999, 9),
+  'legacy/weights.safetensors': bytes(CHUNK + 5, 10),
+  'gzip/model_index.json': Buffer.from(JSON.stringify({ _class_name: 'StableDiffusionPipeline', padding: 'x'.repeat(100000) })),
+  'br/weights.safetensors': bytes(MiB + 3, 11), // random: its brotli form is larger than it
+  'git/config.json': Buffer.from('{"in_channels": 4}\n'),
+  'digest/weights.safetensors': bytes(MiB, 12),
+  'tabs/weights.safetensors': bytes(2 * CHUNK + 1, 13),
 };
 for (const [name, data] of Object.entries(files)) {
   mkdirSync(path.dirname(path.join(dir, name)), { recursive: true });
@@ -47,7 +57,7 @@ for (const [name, data] of Object.entries(files)) {
 let server, browser, page, base;
 
 before(async () => {
-  server = await startServer({ port: 0, testHooks: true, mounts: { '/files': dir } });
+  server = await startServer({ port: 0, testHooks: true, mounts: { '/files': dir, '/demo': FIXTURE } });
   base = `${server.url}files/`;
   browser = await chromium.launch({
     executablePath: '/usr/bin/chromium',
@@ -87,6 +97,24 @@ async function openPage(context) {
       req.onerror = () => reject(req.error);
     });
     globalThis.allEntries = () => getAll('entries', 'getAll');
+    // Damage the store as a browser (or a crash) might: rewrite or drop one chunk, edit an entry.
+    const write = (store, fn) => new Promise((resolve, reject) => {
+      const tx = cache.db.transaction(store, 'readwrite');
+      fn(tx.objectStore(store));
+      tx.oncomplete = resolve;
+      tx.onerror = () => reject(tx.error);
+    });
+    globalThis.flipChunkByte = async (url, index, at) => {
+      const key = ['main@' + url, index];
+      const chunk = await new Promise((resolve) => { cache.db.transaction('chunks').objectStore('chunks').get(key).onsuccess = (e) => resolve(e.target.result); });
+      chunk[at] ^= 0xff;
+      await write('chunks', (s) => s.put(chunk, key));
+    };
+    globalThis.dropChunk = (url, index) => write('chunks', (s) => s.delete(['main@' + url, index]));
+    globalThis.editEntry = async (url, edit) => {
+      const entry = (await allEntries()).find((e) => e.key === 'main@' + url);
+      await write('entries', (s) => s.put(edit(entry)));
+    };
     globalThis.chunkOwners = async () => (await getAll('chunks', 'getAllKeys')).map(([entryKey]) => entryKey);
     // sha256 and length of a cached file, read back chunk by chunk.
     globalThis.readBack = async (url) => {
@@ -350,4 +378,158 @@ test('listModels and deleteModel (complete and partial entries)', async () => {
   const info = await page.evaluate(({ base, partial }) => cache.ensure(base + partial, { model: `${base}partial/` }), { base, partial });
   assert.equal(info.sha256, sha256(files[partial]));
   assert.deepEqual((await requestsFor(partial)).map((x) => x.range), [null]);
+});
+
+test('a damaged or missing cached chunk is downloaded again with a Range request for its bytes', async () => {
+  const name = 'repair/weights.safetensors';
+  const url = base + name;
+  await page.evaluate((url) => cache.ensure(url), url);
+  await page.evaluate(async (url) => {
+    await flipChunkByte(url, 1, 12345);
+    await dropChunk(url, 2);
+  }, url);
+  await clearLog();
+  const r = await page.evaluate(async (url) => {
+    const t0 = performance.now();
+    const first = await readBack(url);
+    const repairedMs = performance.now() - t0;
+    const t1 = performance.now();
+    const second = await readBack(url);
+    return { first, second, repairedMs, verifiedMs: performance.now() - t1 };
+  }, url);
+  const file = files[name];
+  console.log(`verified read of ${(file.length / MiB).toFixed(1)} MiB: ${r.verifiedMs.toFixed(0)} ms (${(file.length / MiB / (r.verifiedMs / 1000)).toFixed(0)} MiB/s, reads + sha256 per chunk); with two chunks repaired: ${r.repairedMs.toFixed(0)} ms`);
+  assert.equal(r.first.sha256, sha256(file));
+  assert.deepEqual(r.first.sizes, [CHUNK, CHUNK, 777]);
+  assert.equal(r.second.sha256, sha256(file));
+  // Exactly the two bad chunks, once each: the repaired ones were stored back.
+  assert.deepEqual((await requestsFor(name)).map((x) => x.range), [`bytes=${CHUNK}-${2 * CHUNK - 1}`, `bytes=${2 * CHUNK}-${2 * CHUNK + 776}`]);
+});
+
+test('a chunk that cannot be fetched again keeps the entry; one the server now sends differently removes it', async () => {
+  const name = 'repair-fail/weights.safetensors';
+  const url = base + name;
+  await page.evaluate((url) => cache.ensure(url), url);
+  await page.evaluate((url) => flipChunkByte(url, 0, 5), url);
+  await fault(name, 'status', 503);
+  const offline = await page.evaluate((url) => attempt(() => readBack(url)), url);
+  assert.equal(offline.error?.code, 'http', JSON.stringify(offline));
+  assert.equal(offline.error.message, `chunk 1 of 2 of weights.safetensors (bytes 0-${CHUNK - 1}) is damaged in the browser cache and the server did not send the byte range again (HTTP 503)`);
+  assert.equal(await page.evaluate((url) => cache.has(url), url), true, 'a transient failure must not drop the file');
+  assert.equal((await page.evaluate((url) => readBack(url), url)).sha256, sha256(files[name]), 'repaired on the next read');
+
+  await page.evaluate((url) => flipChunkByte(url, 1, 5), url);
+  await fault(name, 'corrupt');
+  const changed = await page.evaluate((url) => attempt(() => readBack(url)), url);
+  assert.equal(changed.error?.code, 'integrity', JSON.stringify(changed));
+  assert.match(changed.error.message, /^chunk 2 of 2 of weights\.safetensors \(bytes 4194304-4195302\) is damaged in the browser cache; the server now sends different bytes, so the file was removed from the cache: loading again downloads it anew$/);
+  assert.equal(await page.evaluate((url) => cache.has(url), url), false);
+  assert.equal((await page.evaluate((url) => cache.ensure(url), url)).sha256, sha256(files[name]), 'the next ensure() downloads it anew');
+});
+
+test('entries cached before chunk hashes are checked whole once and upgraded; a damaged one is removed', async () => {
+  const name = 'legacy/weights.safetensors';
+  const url = base + name;
+  await page.evaluate((url) => cache.ensure(url), url);
+  const makeLegacy = (url) => editEntry(url, ({ chunkSizes, chunkHashes, ...old }) => old);
+  await page.evaluate(makeLegacy, url);
+  const r = await page.evaluate(async (url) => ({ back: await readBack(url), entry: (await allEntries()).find((e) => e.url === url) }), url);
+  assert.equal(r.back.sha256, sha256(files[name]));
+  assert.deepEqual(r.entry.chunkSizes, [CHUNK, 5]);
+  assert.equal(r.entry.chunkHashes[1], sha256(files[name].subarray(CHUNK)));
+
+  await page.evaluate(makeLegacy, url);
+  await page.evaluate((url) => flipChunkByte(url, 0, 1), url);
+  const damaged = await page.evaluate((url) => attempt(() => readBack(url)), url);
+  assert.equal(damaged.error?.code, 'integrity');
+  assert.match(damaged.error.message, /^weights\.safetensors is damaged in the browser cache \(stored before chunk hashes/);
+  assert.equal(await page.evaluate((url) => cache.has(url), url), false);
+});
+
+test('a damaged quantised copy (made here, no server) is removed with a clear error', async () => {
+  const url = `${base}derived/unet/weights.sdweb-q8_0.safetensors`;
+  const r = await page.evaluate(async (url) => {
+    async function* parts() { yield new Uint8Array(5 << 20).fill(7); }
+    await cache.storeDerived(url, { model: url.replace(/unet\/.*/, '') }, parts());
+    await flipChunkByte(url, 1, 0);
+    return { read: await attempt(() => readBack(url)), has: await cache.has(url) };
+  }, url);
+  assert.equal(r.read.error?.code, 'integrity');
+  assert.match(r.read.error.message, /^chunk 2 of 2 of unet\/weights\.sdweb-q8_0\.safetensors .* it is a quantised copy made in this browser, so the file was removed/);
+  assert.equal(r.has, false);
+  assert.deepEqual(await requestsFor('derived/unet/weights.sdweb-q8_0.safetensors'), []);
+});
+
+test('gzip and br responses from a compressing CDN download intact (their Content-Length counts encoded bytes)', async () => {
+  for (const [name, mode] of [['gzip/model_index.json', 'gzip'], ['br/weights.safetensors', 'br']]) {
+    await fault(name, mode);
+    const r = await page.evaluate((url) => attempt(async () => ({ info: await cache.ensure(url), back: await readBack(url) })), base + name);
+    assert.ok(r.ok, `${mode}: ${JSON.stringify(r.error)}`);
+    assert.equal(r.ok.info.size, files[name].length, mode);
+    assert.equal(r.ok.back.sha256, sha256(files[name]), mode);
+  }
+});
+
+test('off the Hub: a git blob sha1 ETag and an RFC 9530 Repr-Digest are checked', async () => {
+  for (const [name, mode, expected] of [['git/config.json', 'git-etag', /with git blob sha1 [0-9a-f]{40}, got/], ['digest/weights.safetensors', 'repr-digest', new RegExp(`with sha256 ${sha256(files['digest/weights.safetensors'])}, got`)]]) {
+    await fault(name, `${mode},corrupt`);
+    const bad = await page.evaluate((url) => attempt(() => cache.ensure(url)), base + name);
+    assert.equal(bad.error?.code, 'integrity', `${mode}: ${JSON.stringify(bad)}`);
+    assert.match(bad.error.message, expected);
+    await fault(name, mode);
+    const good = await page.evaluate((url) => attempt(() => cache.ensure(url)), base + name);
+    assert.equal(good.ok?.sha256, sha256(files[name]), `${mode}: ${JSON.stringify(good)}`);
+  }
+});
+
+test('two tabs loading one file at once: one download (Web Locks), both get it', async () => {
+  const name = 'tabs/weights.safetensors';
+  const second = await openPage(page.context());
+  try {
+    await clearLog();
+    const results = await Promise.all([page, second].map((p) => p.evaluate((url) => cache.ensure(url).then((i) => i.sha256), base + name)));
+    assert.deepEqual(results, [sha256(files[name]), sha256(files[name])]);
+    assert.deepEqual((await requestsFor(name)).map((r) => `${r.method} ${r.range}`), ['GET null']);
+  } finally {
+    await second.close();
+  }
+});
+
+test('a whole model that cannot fit (quantise-on-load included) is refused before its first byte', { skip: !existsSync(path.resolve(FIXTURE, '../../../www/pkg/sdweb_bg.wasm')) && 'needs www/pkg (www/build-wasm.sh dev)' }, async () => {
+  const context = await browser.newContext();
+  const fresh = await openPage(context);
+  const cdp = await context.newCDPSession(fresh);
+  const origin = new URL(server.url).origin;
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 20 * MiB });
+  try {
+    await clearLog();
+    const r = await fresh.evaluate(async (model) => {
+      const { createGenerator } = await import('/sdweb.js');
+      const { quota, usage } = await navigator.storage.estimate();
+      let error = null;
+      try {
+        (await createGenerator({ model, quantize: 'q8_0' })).dispose();
+      } catch (e) {
+        error = { code: e.code, message: e.message };
+      }
+      return { error, available: quota - usage, models: await (await import('/sdweb.js')).listCachedModels() };
+    }, `${server.url}demo`);
+    console.log(`whole-model quota: ${r.error?.message}`);
+    assert.equal(r.error?.code, 'quota', JSON.stringify(r));
+    // At the peak everything but the VAE and the scheduler config is stored, and the UNet's
+    // q8_0 copy is being written next to its original.
+    const size = (p) => statSync(path.join(FIXTURE, p)).size;
+    const all = readdirSync(FIXTURE, { recursive: true }).filter((p) => statSync(path.join(FIXTURE, p)).isFile()).reduce((n, p) => n + size(p), 0);
+    const peak = all - size('vae/diffusion_pytorch_model.safetensors') - size('vae/config.json') - size('scheduler/scheduler_config.json') + size('unet/diffusion_pytorch_model.safetensors');
+    const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
+    // (The worker's estimate comes after its own database opened: a few kB less available.)
+    assert.match(r.error.message, /, \d+\.\d MB available$/);
+    assert.equal(r.error.message.replace(/, [^,]* available$/, ''), `Not enough browser storage for demo: needs ${mb(peak)} (12 files to download, ${mb(all)}, and room for each q8_0 copy while it is made next to its original)`);
+    assert.deepEqual(r.models, []);
+    const gets = (await (await fetch(`${server.url}__requests`)).json()).filter((x) => x.path.startsWith('/demo/') && x.method === 'GET');
+    assert.deepEqual(gets, [], 'nothing may be downloaded');
+  } finally {
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin });
+    await context.close();
+  }
 });
