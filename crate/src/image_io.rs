@@ -39,6 +39,16 @@ pub fn decode_png_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     if width > MAX_PNG_SIDE || height > MAX_PNG_SIDE {
         return Err(ImageError::TooLarge { width, height });
     }
+    // The png crate (0.17 and 0.18) panics expanding a palette whose length is not a multiple
+    // of 3 (found by the png_image fuzz target); the PNG spec forbids one.
+    if let Some(palette) = &reader.info().palette
+        && (palette.len() % 3 != 0 || palette.len() > 768)
+    {
+        return Err(ImageError::Decode(format!(
+            "the PLTE chunk has {} bytes, not 3 per entry (at most 256 entries)",
+            palette.len()
+        )));
+    }
     let mut buf = vec![0u8; reader.output_buffer_size()];
     let info = reader
         .next_frame(&mut buf)

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod checks;
 pub mod config;
 pub mod files;
+pub mod fuzzing;
 pub mod image_io;
 pub mod kernels;
 pub mod launches;

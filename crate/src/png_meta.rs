@@ -61,10 +61,12 @@ pub struct GenerationParams {
     pub extra: Vec<(String, String)>,
 }
 
-/// A1111's `quote`, also quoting values with `"` (A1111 reads both back the same way; a bare
-/// value that happened to start and end with `"` would otherwise be unquoted on reading).
+/// A1111's `quote`, also quoting values with `"` or outer whitespace (A1111 reads both back the
+/// same way; a bare value that happened to start and end with `"` would otherwise be unquoted,
+/// and one with outer whitespace trimmed, on reading).
 fn quote(v: &str) -> String {
-    if v.contains([',', '\n', ':', '"']) {
+    // Also values with outer whitespace, which a bare value would lose on reading.
+    if v.contains([',', '\n', ':', '"']) || v.trim() != v {
         serde_json::to_string(v).unwrap_or_else(|_| v.to_string())
     } else {
         v.to_string()
@@ -93,10 +95,13 @@ fn py_float(x: f64) -> String {
 }
 
 /// A1111's `re_param`: `key: value` pairs of the last line.
-fn param_regex() -> regex::Regex {
+fn param_regex() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     // Mirrors modules/infotext_utils.py; a literal pattern, so `new` cannot fail.
-    regex::Regex::new(r#"\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)"#)
-        .expect("valid regex")
+    RE.get_or_init(|| {
+        regex::Regex::new(r#"\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)"#)
+            .expect("valid regex")
+    })
 }
 
 impl GenerationParams {
@@ -144,7 +149,8 @@ impl GenerationParams {
     /// fields go to `extra`.
     ///
     /// Round trip with [`GenerationParams::to_a1111`] is exact unless a prompt line has
-    /// leading/trailing whitespace or starts with `Negative prompt:` (A1111 has the same limits).
+    /// leading/trailing whitespace or starts with `Negative prompt:`, or a field's value equals
+    /// its key (written bare, then not read as a field): A1111 has the same limits.
     pub fn parse_a1111(text: &str) -> Result<Self, PngMetaError> {
         let re = param_regex();
         let trimmed = text.trim();

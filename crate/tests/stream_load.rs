@@ -148,6 +148,26 @@ fn short_and_long_streams_are_errors() {
     );
     let err = stream.push(&mut store, cut).unwrap_err().to_string();
     assert!(err.contains("truncated"), "{err}");
+
+    // Empty, and shorter than its own header: messages that say so (not "after 0 of 0 bytes").
+    let finish = |bytes: &[u8]| {
+        let mut store = TensorStore::new(&device(), DType::F32, "test");
+        let mut stream = SafetensorsStream::new(
+            "unet.safetensors",
+            bytes.len() as u64,
+            Box::new(|n| Some(n.to_string())),
+        );
+        stream.push(&mut store, bytes).unwrap();
+        stream.finish(&mut store).unwrap_err().to_string()
+    };
+    assert_eq!(
+        finish(&[]),
+        "unet.safetensors: malformed weights file: the file is empty (0 bytes)"
+    );
+    assert_eq!(
+        finish(&bytes[..5]),
+        "unet.safetensors: malformed weights file: the file ended after 5 bytes, inside its header (8 bytes needed)"
+    );
 }
 
 #[test]

@@ -106,6 +106,15 @@ impl<'a, P> SafetensorsStream<'a, P> {
         if self.header_done {
             self.push_data(store, &[]);
         }
+        if self.file_size == 0 {
+            return Err(self.malformed("the file is empty (0 bytes)".into()));
+        }
+        if !self.header_done && self.position == self.file_size {
+            return Err(self.malformed(format!(
+                "the file ended after {} bytes, inside its header ({} bytes needed)",
+                self.position, self.header_needed
+            )));
+        }
         if self.position < self.file_size || !self.header_done || self.next < self.entries.len() {
             return Err(self.malformed(format!(
                 "file ended after {} of {} bytes (truncated download?)",
@@ -159,6 +168,16 @@ impl<'a, P> SafetensorsStream<'a, P> {
             let Some((name, entry)) = self.entries.get(self.next) else {
                 return bytes.len();
             };
+            if entry.begin == entry.end {
+                // Empty: complete wherever its offset points (it may name a byte inside the
+                // previous tensor, which the overlap check allows for empty ones).
+                if let Some(n) = name {
+                    let pending = store.begin(n, entry);
+                    store.finish(pending);
+                }
+                self.next += 1;
+                continue;
+            }
             let begin = self.data_start + entry.begin;
             let end = self.data_start + entry.end;
             let at = self.position + used as u64;
