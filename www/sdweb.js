@@ -132,15 +132,18 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
     seed ??= Math.floor(Math.random() * 2 ** 32);
     // img2img: any image source (Blob, <img>, canvas, ImageData, ImageBitmap); its own size,
     // rounded down to the size multiple, unless width/height are given.
-    const bitmap = initImage ? await createImageBitmap(initImage) : undefined;
+    // The pixels as stored (no colour management, no premultiplication), as the CLI reads a PNG.
+    const exact = { colorSpaceConversion: 'none', premultiplyAlpha: 'none' };
+    const bitmap = initImage ? await createImageBitmap(initImage, exact) : undefined;
     const fit = (v) => Math.max(1, Math.floor(v / info.sizeMultiple)) * info.sizeMultiple;
     width ??= bitmap ? fit(bitmap.width) : info.width;
     height ??= bitmap ? fit(bitmap.height) : info.height;
     const request = { prompt, negativePrompt, steps: Number(steps), guidance: Number(guidance), width: Number(width), height: Number(height), seed: Number(seed) };
     if (scheduler) request.scheduler = scheduler;
     if (mask && !bitmap) throw new Error('a mask needs an initImage to inpaint');
-    // Inpainting: white = repaint; resized to the generation size in the worker.
-    const maskBitmap = mask ? await createImageBitmap(mask) : undefined;
+    // Inpainting: white = repaint. Both go over at their own size; the wasm core resizes them
+    // with the CLI's code, so one input gives one image on both.
+    const maskBitmap = mask ? await createImageBitmap(mask, exact) : undefined;
     if (strength !== undefined) request.strength = Number(strength);
     const { worker, call } = session;
     const abort = () => worker.postMessage({ op: 'cancel' });

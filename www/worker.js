@@ -5,7 +5,7 @@
 // Protocol (see sdweb.js): requests {id, op, ...}; replies {id, type: 'progress'|'result'|'error'};
 // {type: 'lost', message} when the GPU device is gone.
 
-import init, { ModelLoader, WeightsQuantizer, checkModelIndex } from './pkg/sdweb.js';
+import init, { ModelLoader, WeightsQuantizer, checkModelIndex, modelLayout } from './pkg/sdweb.js';
 import { ModelCache, formatBytes } from './cache.js';
 
 // sdweb's own kernels need neither the `subgroups` nor the `shader-f16` feature. A portable
@@ -74,8 +74,6 @@ const wasmReady = init({ module_or_path: new URL('./pkg/sdweb_bg.wasm', import.m
 let generator = null;
 let info = null;
 
-const COMPONENTS = ['text_encoder', 'unet', 'vae'];
-const WEIGHT_STEMS = { text_encoder: 'model', unet: 'diffusion_pytorch_model', vae: 'diffusion_pytorch_model' };
 
 self.onmessage = async ({ data }) => {
   const { id, op } = data;
@@ -108,11 +106,11 @@ self.onmessage = async ({ data }) => {
   }
 };
 
-// Errors cross postMessage as plain objects; keep what the page needs to explain them.
+// Errors cross postMessage as plain objects; keep what the page needs to explain them. The
+// wasm core's errors carry a `code` naming their kind (crate/src/wasm.rs, CodedError) and are
+// AbortErrors when cancelled; cache errors carry theirs (cache.js, CacheError).
 function describe(e) {
-  const message = String(e?.message ?? e);
-  const name = message.startsWith('AbortError') ? 'AbortError' : (e?.name ?? 'Error');
-  return { name, message: message.replace(/^AbortError: /, ''), code: e?.code, url: e?.url, status: e?.status, needed: e?.needed, available: e?.available };
+  return { name: e?.name ?? 'Error', message: String(e?.message ?? e), code: e?.code, url: e?.url, status: e?.status, needed: e?.needed, available: e?.available };
 }
 
 // Writes the quantised copy of a cached weights file, then drops the original.
@@ -182,46 +180,47 @@ function repository(cache, root, revision, progress, label = '') {
 // quantised copy cached under a derived name (made once, chunk by chunk, then the original is
 // dropped), which later loads read instead.
 async function planLoad(repo, taesdRepo, quantize) {
-  const plan = { files: [], tokenizer: {}, weights: {}, preview: null };
+  const layout = modelLayout(quantize ?? undefined); // crate/src/layout.rs: what a diffusers folder holds
+  const plan = { files: [], tokenizer: {}, weights: {}, preview: null, layout };
   const add = (file, extra = {}) => {
     if (file) plan.files.push({ repo, ...file, ...extra });
     return file;
   };
-  add(await repo.pick(['model_index.json']));
+  add(await repo.pick([layout.modelIndex]));
   // The tokenizer: tokenizer.json (fast layout) or vocab.json + merges.txt (original SD layout).
+  const [vocabPath, mergesPath] = layout.tokenizerVocab;
   const slow = async (optional) => {
-    const vocab = await repo.pick(['tokenizer/vocab.json'], { optional });
-    const merges = vocab && (await repo.pick(['tokenizer/merges.txt'], { optional }));
+    const vocab = await repo.pick([vocabPath], { optional });
+    const merges = vocab && (await repo.pick([mergesPath], { optional }));
     return vocab && merges ? { vocab_json: vocab, merges_txt: merges } : null;
   };
   const cachedSlow = await slow(true).then((files) => (files?.vocab_json.cached && files.merges_txt.cached ? files : null));
-  const fast = cachedSlow ? null : await repo.pick(['tokenizer/tokenizer.json'], { optional: true });
+  const fast = cachedSlow ? null : await repo.pick([layout.tokenizerJson], { optional: true });
   const tokenizer = cachedSlow ?? (fast ? { tokenizer_json: fast } : await slow(false));
-  tokenizer.tokenizer_config_json = await repo.pick(['tokenizer/tokenizer_config.json'], { optional: true });
-  tokenizer.special_tokens_map_json = await repo.pick(['tokenizer/special_tokens_map.json'], { optional: true });
+  const [configPath, specialTokensPath] = layout.tokenizerOptional;
+  tokenizer.tokenizer_config_json = await repo.pick([configPath], { optional: true });
+  tokenizer.special_tokens_map_json = await repo.pick([specialTokensPath], { optional: true });
   for (const [key, file] of Object.entries(tokenizer)) if (add(file)) plan.tokenizer[key] = file.path;
 
-  for (const component of COMPONENTS) {
-    add(await repo.pick([`${component}/config.json`]));
-    const stem = `${component}/${WEIGHT_STEMS[component]}`;
-    const derivedPath = quantize ? `${stem}.sdweb-${quantize}.safetensors` : null;
+  for (const { name: component, config, weights, quantizedCopy } of layout.components) {
+    add(await repo.pick([config]));
     // Made here, never on a server: only the cache can have it.
-    const derived = derivedPath && (await repo.cached(derivedPath));
+    const derived = quantizedCopy && (await repo.cached(quantizedCopy));
     if (derived) {
-      plan.weights[component] = { path: derivedPath, size: derived.size };
+      plan.weights[component] = { path: quantizedCopy, size: derived.size, config };
       continue;
     }
-    const candidates = [`${stem}.fp16.safetensors`, `${stem}.safetensors`];
-    const source = await repo.pick(candidates, { optional: true });
-    if (!source) throw new Error(`${repo.base}/${component}/ has no weights: looked for ${candidates.map((c) => c.split('/').pop()).join(' and ')}`);
-    add(source, { quantizeTo: derivedPath, component });
-    plan.weights[component] = { path: derivedPath ?? source.path, size: source.size, source };
+    const source = await repo.pick(weights, { optional: true });
+    if (!source) throw new Error(`${repo.base}/${component}/ has no weights: looked for ${weights.map((c) => c.split('/').pop()).join(' and ')}`);
+    add(source, { quantizeTo: quantizedCopy, component });
+    plan.weights[component] = { path: quantizedCopy ?? source.path, size: source.size, config };
   }
-  add(await repo.pick(['scheduler/scheduler_config.json']));
+  add(await repo.pick([layout.schedulerConfig]));
   if (taesdRepo) {
-    add(await taesdRepo.pick(['config.json']), { repo: taesdRepo });
-    const weights = add(await taesdRepo.pick(['diffusion_pytorch_model.safetensors']), { repo: taesdRepo });
-    plan.preview = weights;
+    plan.preview = {
+      config: add(await taesdRepo.pick([layout.previewConfig]), { repo: taesdRepo }),
+      weights: add(await taesdRepo.pick([layout.previewWeights]), { repo: taesdRepo }),
+    };
   }
   return plan;
 }
@@ -263,7 +262,7 @@ async function load({ model, revision, precision, quantize, taesd, portable }, p
   await checkSpaceFor(cache, plan, base.split('/').filter(Boolean).pop() ?? base, quantize);
   await wasmReady;
   await repo.fetch(plan.files[0]);
-  checkModelIndex(await repo.text('model_index.json'), `${base}/model_index.json`);
+  checkModelIndex(await repo.text(plan.layout.modelIndex), `${base}/${plan.layout.modelIndex}`);
 
   for (const file of plan.files.slice(1)) {
     await file.repo.fetch(file);
@@ -271,7 +270,7 @@ async function load({ model, revision, precision, quantize, taesd, portable }, p
     if (file.component) plan.weights[file.component].size = file.size;
     if (file.quantizeTo) {
       const stored = await quantizeCached(cache, file.component, quantize, url(file.path), { path: file.quantizeTo, url: url(file.quantizeTo) }, { model: base, revision }, file, progress);
-      plan.weights[file.component] = stored;
+      plan.weights[file.component] = { ...plan.weights[file.component], ...stored };
     }
   }
   const tokenizerFiles = plan.tokenizer;
@@ -280,7 +279,8 @@ async function load({ model, revision, precision, quantize, taesd, portable }, p
   // Optional TAESD (a separate repository) for image-sized previews after each step.
   let preview = null;
   if (taesdRepo) {
-    preview = { config: await taesdRepo.text('config.json'), url: taesdRepo.url(plan.preview.path), size: (await cache.info(taesdRepo.url(plan.preview.path), revision)).size };
+    const { config, weights } = plan.preview;
+    preview = { config: await taesdRepo.text(config.path), url: taesdRepo.url(weights.path), size: (await cache.info(taesdRepo.url(weights.path), revision)).size };
   }
 
   const loader = await ModelLoader.create(base.split('/').filter(Boolean).pop() ?? base, precision ?? 'auto', quantize ?? undefined);
@@ -289,12 +289,13 @@ async function load({ model, revision, precision, quantize, taesd, portable }, p
     loader.set_tokenizer(
       await bytes(tokenizerFiles.tokenizer_json), await bytes(tokenizerFiles.vocab_json), await bytes(tokenizerFiles.merges_txt),
       await bytes(tokenizerFiles.tokenizer_config_json), await bytes(tokenizerFiles.special_tokens_map_json));
-    loader.set_scheduler_config(await cache.text(url('scheduler/scheduler_config.json'), revision));
+    loader.set_scheduler_config(await cache.text(url(plan.layout.schedulerConfig), revision));
     let fileIndex = 0;
-    for (const component of COMPONENTS) {
-      const { path, size } = weights[component];
-      progress({ type: 'load', file: path, index: fileIndex++, count: COMPONENTS.length, loaded: 0, total: size });
-      loader.begin_weights(component, await cache.text(url(`${component}/config.json`), revision), path, size);
+    const components = Object.keys(weights);
+    for (const component of components) {
+      const { path, size, config } = weights[component];
+      progress({ type: 'load', file: path, index: fileIndex++, count: components.length, loaded: 0, total: size });
+      loader.begin_weights(component, await cache.text(url(config), revision), path, size);
       let loaded = 0;
       try {
         for await (const chunk of cache.chunks(url(path), revision)) {
@@ -304,16 +305,17 @@ async function load({ model, revision, precision, quantize, taesd, portable }, p
         loader.end_weights();
       } catch (e) {
         // A file that parses wrong is not kept: the next load downloads it again.
-        if (/malformed weights file/.test(String(e?.message))) {
+        if (e?.code === 'malformed-weights') {
           await cache.remove(url(path), revision);
-          throw new Error(`${String(e.message)} — the file was removed from the cache; loading again downloads it anew`);
+          throw Object.assign(new Error(`${e.message} — the file was removed from the cache; loading again downloads it anew`), { code: e.code });
         }
         throw e;
       }
     }
     if (preview) {
-      progress({ type: 'load', file: 'taesd/diffusion_pytorch_model.safetensors', index: fileIndex, count: COMPONENTS.length + 1, loaded: 0, total: preview.size });
-      loader.begin_weights('taesd', preview.config, 'taesd/diffusion_pytorch_model.safetensors', preview.size);
+      const file = `taesd/${plan.layout.previewWeights}`;
+      progress({ type: 'load', file, index: fileIndex, count: components.length + 1, loaded: 0, total: preview.size });
+      loader.begin_weights('taesd', preview.config, file, preview.size);
       for await (const chunk of cache.chunks(preview.url, revision)) loader.push_weights(chunk);
       loader.end_weights();
     }
@@ -332,15 +334,15 @@ async function adapterFeatures() {
   return adapter ? [...adapter.features].sort() : [];
 }
 
-// img2img: the init image (an ImageBitmap from the page) as RGBA8 at the generation size.
-function initPixels(bitmap, width, height) {
-  if (!bitmap) return undefined;
-  const canvas = new OffscreenCanvas(width, height);
-  const ctx = canvas.getContext('2d');
-  ctx.imageSmoothingQuality = 'high';
-  ctx.drawImage(bitmap, 0, 0, width, height);
+// img2img / inpainting: an ImageBitmap from the page as RGBA8 at its own size (the wasm core
+// resizes it to the generation size, with the code the CLI uses).
+function pixelsOf(bitmap) {
+  if (!bitmap) return {};
+  const { width, height } = bitmap;
+  const ctx = new OffscreenCanvas(width, height).getContext('2d');
+  ctx.drawImage(bitmap, 0, 0);
   bitmap.close();
-  return new Uint8Array(ctx.getImageData(0, 0, width, height).data.buffer);
+  return { pixels: new Uint8Array(ctx.getImageData(0, 0, width, height).data.buffer), size: [width, height] };
 }
 
 async function generate({ initImage, mask, ...request }, progress) {
@@ -360,11 +362,13 @@ async function generate({ initImage, mask, ...request }, progress) {
       progress({ type: 'warning', message: `The prompt has ${event.tokens} tokens and was cut to ${event.maxTokens} (CLIP's limit).` });
     }
   };
-  const out = await generator.generate(JSON.stringify(request), initPixels(initImage, request.width, request.height),
-    initPixels(mask, request.width, request.height), onEvent);
+  const init = pixelsOf(initImage);
+  const maskPixels = pixelsOf(mask);
+  const out = await generator.generate(JSON.stringify({ ...request, initImageSize: init.size, maskSize: maskPixels.size }),
+    init.pixels, maskPixels.pixels, onEvent);
   progress({ type: 'done' });
   return {
     png: out.png, width: out.width, height: out.height, seed: out.seed, scheduler: out.scheduler,
-    parameters: out.parameters, timings: JSON.parse(out.timings),
+    parameters: out.parameters, timings: JSON.parse(out.timings), mode: out.mode, strength: out.strength,
   };
 }

@@ -23,6 +23,34 @@ pub struct RgbImage {
     pub rgb: Vec<u8>,
 }
 
+impl RgbImage {
+    /// RGBA8 pixels (a browser's ImageData) of `width` × `height`; alpha is dropped.
+    pub fn from_rgba(rgba: &[u8], width: usize, height: usize) -> Result<Self, ImageError> {
+        if width == 0
+            || height == 0
+            || width > MAX_PNG_SIDE as usize
+            || height > MAX_PNG_SIDE as usize
+        {
+            return Err(ImageError::TooLarge {
+                width: width as u32,
+                height: height as u32,
+            });
+        }
+        if rgba.len() != width * height * 4 {
+            return Err(ImageError::Decode(format!(
+                "{} bytes of RGBA pixels for {width}x{height}, expected {}",
+                rgba.len(),
+                width * height * 4
+            )));
+        }
+        let rgb = rgba
+            .chunks_exact(4)
+            .flat_map(|px| [px[0], px[1], px[2]])
+            .collect();
+        Ok(Self { width, height, rgb })
+    }
+}
+
 /// Decodes any PNG (gray, gray+alpha, RGB, RGBA, palette, 16-bit) to RGB8; alpha is dropped.
 pub fn decode_png_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     // The header's size is checked before any pixel buffer exists: a 100-byte file can claim

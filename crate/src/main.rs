@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use burn::tensor::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
+use sdweb::kernels::KernelPolicy;
+use sdweb::options::Precision;
 use sdweb::pipeline::{GenerateRequest, Progress, StableDiffusion, StdClock};
 use sdweb::png_meta::{GenerationParams, encode_png};
 use sdweb::schedulers::SchedulerKind;
@@ -96,7 +98,7 @@ struct GenOpts {
     guidance: f64,
     /// ddim | euler | euler-a | dpmpp-2m | dpmpp-2m-karras | lcm | pndm (default: the model's own).
     #[arg(long)]
-    scheduler: Option<String>,
+    scheduler: Option<SchedulerKind>,
     /// A positive multiple of the VAE factor (8 for SD), at most 2048. Default: the model's
     /// native size (UNet sample_size × VAE factor).
     #[arg(long, value_parser = pixels, allow_negative_numbers = true)]
@@ -128,8 +130,8 @@ struct GenOpts {
     #[arg(long, requires = "preview_dir")]
     taesd: Option<PathBuf>,
     /// auto (f16 where the adapter has shader-f16, else f32), f32, or f16.
-    #[arg(long, default_value = "auto")]
-    precision: String,
+    #[arg(long, default_value_t = Precision::Auto)]
+    precision: Precision,
     /// A single-file checkpoint (.safetensors with LDM names, or a stable-diffusion.cpp .gguf)
     /// whose weights replace the --model folder's; the folder still gives configs, tokenizer
     /// and scheduler.
@@ -137,15 +139,15 @@ struct GenOpts {
     checkpoint: Option<PathBuf>,
     /// Quantise layer weights while loading: q8_0 or q4_0 (kept quantised in GPU memory).
     #[arg(long)]
-    quantize: Option<String>,
+    quantize: Option<QuantType>,
     /// Per-tensor overrides for --quantize, PATTERN=q8_0|q4_0|f16 separated by commas.
     #[arg(long, default_value = "", requires = "quantize")]
     quant_override: String,
     /// Which kernels SD's hot ops run: `sdweb` (our WGSL kernels: flash attention, tiled GEMM and
     /// implicit-GEMM conv, fused norms; no autotune, no subgroups) or `burn` (burn's ops, with
     /// quantised weights dequantised first: the reference and the baseline).
-    #[arg(long, default_value = "sdweb", value_parser = sdweb::kernels::KernelPolicy::NAMES)]
-    kernels: String,
+    #[arg(long, default_value = "sdweb")]
+    kernels: KernelPolicy,
 }
 
 /// A width or height: a positive number of pixels (the model's VAE factor is checked once its
@@ -271,8 +273,8 @@ fn bench_json(r: &BenchReport) -> serde_json::Value {
         "model": opts.model.display().to_string(),
         "width": r.width, "height": r.height, "steps": opts.steps, "cfg": opts.guidance > 1.0,
         "precision": format!("{:?}", r.dtype), "scheduler": r.scheduler,
-        "quantize": opts.quantize.as_deref().unwrap_or("none"),
-        "kernels": &opts.kernels,
+        "quantize": opts.quantize.map_or("none", QuantType::name),
+        "kernels": opts.kernels.name(),
         "dry_run": r.mode.dry_run,
         "runs": r.mode.runs,
         "weights_on_disk_bytes": model_bytes_on_disk(&opts.model, r.dtype == DType::F16),
@@ -308,44 +310,18 @@ fn run(
     let init = opts.init_image.as_deref().map(read_png).transpose()?;
     let mask_image = opts.mask.as_deref().map(read_png).transpose()?;
     let clock = StdClock::default();
-    let scheduler = opts
-        .scheduler
-        .as_deref()
-        .map(|name| {
-            SchedulerKind::from_name(name).ok_or_else(|| {
-                format!("unknown scheduler {name}; choose ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, lcm or pndm")
-            })
-        })
-        .transpose()?;
-    if !["auto", "f32", "f16"].contains(&opts.precision.as_str()) {
-        return Err(format!(
-            "unknown precision {}; choose auto, f32 or f16",
-            opts.precision
-        )
-        .into());
-    }
+    let scheduler = opts.scheduler;
     let t0 = clock_ms(&clock);
     let device = Device::wgpu_options()
         .init()
         .map_err(|e| format!("no usable GPU adapter: {e:?}"))?;
     let has_f16 = device.supports_dtype(DType::F16);
-    let dtype = match opts.precision.as_str() {
-        "f32" => DType::F32,
-        "f16" if !has_f16 => {
-            return Err("this adapter has no shader-f16 support; use --precision f32".into());
-        }
-        "f16" => DType::F16,
-        _ if has_f16 => DType::F16,
-        _ => DType::F32,
-    };
+    let dtype = opts.precision.resolve(has_f16)?;
     eprintln!("compute precision: {dtype:?}");
-    let kernels = sdweb::kernels::KernelPolicy::from_name(&opts.kernels)
-        .ok_or_else(|| format!("unknown kernels {}", opts.kernels))?;
-    sdweb::kernels::set_policy(kernels);
+    sdweb::kernels::set_policy(opts.kernels);
     let policy = opts
         .quantize
-        .as_deref()
-        .map(|to| quant_policy(to, &opts.quant_override))
+        .map(|to| QuantPolicy::new(to).with_overrides(&opts.quant_override))
         .transpose()?;
     let mut model = match &opts.checkpoint {
         Some(file) => {
@@ -380,7 +356,7 @@ fn run(
         let line = serde_json::json!({
             "model": opts.model.display().to_string(),
             "precision": format!("{dtype:?}"),
-            "quantize": opts.quantize.as_deref().unwrap_or("none"),
+            "quantize": opts.quantize.map_or("none", QuantType::name),
             "load_ms": load_ms,
             "weights_on_disk_bytes": model_bytes_on_disk(&opts.model, dtype == DType::F16),
             "gpu_bytes_after_load": weight_bytes,
@@ -400,16 +376,14 @@ fn run(
         .height
         .or(init.as_ref().map(|i| (i.height / f).max(1) * f))
         .unwrap_or(native);
-    let mask = mask_image.map(|image| {
-        let image = sdweb::image_io::resize_bilinear(&image, width, height);
-        sdweb::image_io::to_gray(&image.rgb)
-    });
-    let init_image = init.map(|image| sdweb::pipeline::InitImage {
-        rgb: sdweb::image_io::resize_bilinear(&image, width, height).rgb,
-        strength: opts
-            .strength
-            .unwrap_or(if mask.is_some() { 1.0 } else { 0.8 }),
-        mask,
+    let init_image = init.map(|image| {
+        sdweb::pipeline::InitImage::prepare(
+            &image,
+            mask_image.as_ref(),
+            width,
+            height,
+            opts.strength,
+        )
     });
     let seed = opts.seed.unwrap_or_else(random_seed);
     let init_noise = match &opts.init_noise {

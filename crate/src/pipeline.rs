@@ -6,7 +6,9 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::checks;
 use crate::config::{ConfigError, ConfigReader};
+use crate::image_io::{self, RgbImage};
 use crate::launches::{CompilePass, DispatchCounter};
+use crate::layout;
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
@@ -35,6 +37,22 @@ pub enum PipelineError {
     Execution(String),
     #[error("generation cancelled")]
     Cancelled,
+}
+
+impl PipelineError {
+    /// A stable name for the kind of failure (the wasm boundary hands it to JS as `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            PipelineError::Config(_) => "config",
+            PipelineError::Weights(e) => e.code(),
+            PipelineError::Tokenizer(_) => "tokenizer",
+            PipelineError::Scheduler(_) => "scheduler",
+            PipelineError::Invalid(_) => "invalid-request",
+            PipelineError::NonFinite(_) => "non-finite",
+            PipelineError::Execution(_) => "gpu",
+            PipelineError::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// Everything loaded from a diffusers `StableDiffusionPipeline` folder.
@@ -112,6 +130,25 @@ pub struct InitImage {
 }
 
 impl InitImage {
+    /// The init image (and mask) at the generation size, prepared by the same code natively
+    /// and in the browser (which hands over the pixels at their own size), so one input gives
+    /// one image everywhere. `strength`: None takes [`crate::options::default_strength`].
+    pub fn prepare(
+        image: &RgbImage,
+        mask: Option<&RgbImage>,
+        width: usize,
+        height: usize,
+        strength: Option<f64>,
+    ) -> Self {
+        let mask =
+            mask.map(|m| image_io::to_gray(&image_io::resize_bilinear(m, width, height).rgb));
+        InitImage {
+            rgb: image_io::resize_bilinear(image, width, height).rgb,
+            strength: strength.unwrap_or(crate::options::default_strength(mask.is_some())),
+            mask,
+        }
+    }
+
     /// diffusers' `get_timesteps`: the first step of the schedule that runs for `strength`.
     pub fn first_step(&self, steps: usize) -> Result<usize, PipelineError> {
         checks::check_strength(self.strength).map_err(PipelineError::Invalid)?;
@@ -404,7 +441,7 @@ impl StableDiffusion {
         dtype: DType,
         quantization: Option<QuantPolicy>,
     ) -> Result<Self, PipelineError> {
-        let index = dir.join("model_index.json");
+        let index = dir.join(layout::MODEL_INDEX);
         if !index.is_file() {
             return Err(PipelineError::Invalid(format!(
                 "{} is not a diffusers model folder (no model_index.json)",
@@ -419,25 +456,27 @@ impl StableDiffusion {
             .unwrap_or_else(|| dir.display().to_string());
         let mut builder = PipelineBuilder::new(name, device, dtype);
         builder.set_quantization(quantization);
-        builder.set_tokenizer(ClipTokenizer::from_dir(&dir.join("tokenizer"))?);
+        builder.set_tokenizer(ClipTokenizer::from_dir(
+            &dir.join(layout::TOKENIZER_FOLDER),
+        )?);
         for component in Component::ALL {
-            let folder = dir.join(component.folder());
-            let config_path = folder.join("config.json");
+            let config_path = dir.join(layout::config_path(component));
             let config_text = read_text(&config_path)?;
             let mut load = builder.begin_component(
                 component,
                 &config_text,
                 &config_path.display().to_string(),
             )?;
-            let weights =
-                find_component_file(&folder, component.weights_stem(), dtype == DType::F16)?;
+            let weights = find_component_file(
+                &dir.join(component.folder()),
+                component.weights_stem(),
+                dtype == DType::F16,
+            )?;
             load.store
                 .load_safetensors_file(&weights, &|n| Some(n.to_string()))?;
             builder.finish_component(load)?;
         }
-        builder.set_scheduler_config(&read_text(
-            &dir.join("scheduler").join("scheduler_config.json"),
-        )?)?;
+        builder.set_scheduler_config(&read_text(&dir.join(layout::SCHEDULER_CONFIG))?)?;
         builder.build()
     }
 

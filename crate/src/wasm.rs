@@ -11,6 +11,9 @@ use burn::tensor::{DType, Device};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
+use crate::image_io::RgbImage;
+
+use crate::options::{Precision, parse_quantize};
 use crate::pipeline::{
     Clock, Component, ComponentLoad, GenerateRequest, InitImage, PipelineBuilder, PipelineError,
     Progress, StableDiffusion,
@@ -18,9 +21,9 @@ use crate::pipeline::{
 use crate::png_meta::{GenerationParams, encode_png};
 use crate::schedulers::SchedulerKind;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
+use crate::weights::QuantPolicy;
 use crate::weights::quantize_model::QuantizeStream;
 use crate::weights::stream::SafetensorsStream;
-use crate::weights::{QuantPolicy, QuantType};
 
 thread_local! {
     // burn's wgpu runtime can be initialised once per thread; later models reuse it.
@@ -33,18 +36,67 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-fn js_error(e: impl std::fmt::Display) -> JsError {
-    JsError::new(&e.to_string())
+/// An error for JS: an `Error` whose `code` names its kind (the worker switches on the code,
+/// never on the message); a cancelled generation is an `AbortError`.
+#[derive(Debug)]
+pub struct CodedError {
+    code: &'static str,
+    message: String,
 }
 
-async fn device() -> Result<Device, JsError> {
+impl CodedError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A caller's mistake (bad options, calls out of order).
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new("invalid-request", message)
+    }
+}
+
+impl From<PipelineError> for CodedError {
+    fn from(e: PipelineError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+/// Any pipeline-stage error (weights, config, tokenizer, scheduler), with its kind.
+fn coded(e: impl Into<PipelineError>) -> CodedError {
+    CodedError::from(e.into())
+}
+
+impl From<CodedError> for JsValue {
+    fn from(e: CodedError) -> Self {
+        let error = js_sys::Error::new(&e.message);
+        if e.code == "cancelled" {
+            error.set_name("AbortError");
+        }
+        let _ = js_sys::Reflect::set(
+            &error,
+            &JsValue::from_str("code"),
+            &JsValue::from_str(e.code),
+        );
+        error.into()
+    }
+}
+
+/// Errors of the other kinds, by their message.
+fn internal(e: impl std::fmt::Display) -> CodedError {
+    CodedError::new("internal", e.to_string())
+}
+
+async fn device() -> Result<Device, CodedError> {
     if let Some(device) = DEVICE.with(|d| d.borrow().clone()) {
         return Ok(device);
     }
     let device = Device::wgpu_options()
         .init_async()
         .await
-        .map_err(|e| JsError::new(&format!("WebGPU could not be initialised: {e:?}")))?;
+        .map_err(|e| CodedError::invalid(&format!("WebGPU could not be initialised: {e:?}")))?;
     DEVICE.with(|d| *d.borrow_mut() = Some(device.clone()));
     Ok(device)
 }
@@ -52,12 +104,22 @@ async fn device() -> Result<Device, JsError> {
 /// Whether this adapter can compute in f16 (`shader-f16`).
 /// Throws unless `json` (a model_index.json) names a pipeline sdweb runs; the message names it.
 #[wasm_bindgen(js_name = checkModelIndex)]
-pub fn check_model_index(json: &str, source: &str) -> Result<(), JsError> {
-    crate::model_index::check_model_index(json, source).map_err(|m| JsError::new(&m))
+pub fn check_model_index(json: &str, source: &str) -> Result<(), CodedError> {
+    crate::model_index::check_model_index(json, source)
+        .map_err(|m| CodedError::new("model-index", m))
+}
+
+/// The diffusers folder layout (crate/src/layout.rs) as the worker fetches it; `quantize`
+/// ("q8_0" / "q4_0") adds the names of the quantised copies the cache keeps.
+#[wasm_bindgen(js_name = modelLayout)]
+pub fn model_layout(quantize: Option<String>) -> Result<JsValue, CodedError> {
+    let quant = parse_quantize(quantize.as_deref()).map_err(CodedError::invalid)?;
+    let json = serde_json::to_string(&crate::layout::browser_layout(quant)).map_err(internal)?;
+    js_sys::JSON::parse(&json).map_err(|_| internal("layout JSON"))
 }
 
 #[wasm_bindgen(js_name = gpuInfo)]
-pub async fn gpu_info() -> Result<String, JsError> {
+pub async fn gpu_info() -> Result<String, CodedError> {
     let device = device().await?;
     Ok(serde_json::json!({ "f16": device.supports_dtype(DType::F16) }).to_string())
 }
@@ -85,35 +147,17 @@ impl ModelLoader {
         name: String,
         precision: String,
         quantize: Option<String>,
-    ) -> Result<ModelLoader, JsError> {
-        let policy = match quantize.as_deref() {
-            None | Some("") | Some("none") | Some("f16") => None,
-            Some(other) => Some(QuantPolicy::new(QuantType::parse(other).ok_or_else(
-                || {
-                    JsError::new(&format!(
-                        "unknown quantisation {other:?}; choose none, q8_0 or q4_0"
-                    ))
-                },
-            )?)),
-        };
+    ) -> Result<ModelLoader, CodedError> {
+        // "f16" here means no quantisation (weights stay f16/f32), as the page's picker says.
+        let quantize = quantize.filter(|q| q != "f16");
+        let policy = parse_quantize(quantize.as_deref())
+            .map_err(CodedError::invalid)?
+            .map(QuantPolicy::new);
+        let precision: Precision = precision.parse().map_err(CodedError::invalid)?;
         let device = device().await?;
-        let has_f16 = device.supports_dtype(DType::F16);
-        let dtype = match precision.as_str() {
-            "f32" => DType::F32,
-            "f16" if !has_f16 => {
-                return Err(JsError::new(
-                    "this GPU has no shader-f16 support; use precision \"f32\" or \"auto\"",
-                ));
-            }
-            "f16" => DType::F16,
-            "auto" if has_f16 => DType::F16,
-            "auto" => DType::F32,
-            other => {
-                return Err(JsError::new(&format!(
-                    "unknown precision {other:?}; choose auto, f32 or f16"
-                )));
-            }
-        };
+        let dtype = precision
+            .resolve(device.supports_dtype(DType::F16))
+            .map_err(CodedError::invalid)?;
         let mut builder = PipelineBuilder::new(name, &device, dtype);
         builder.set_quantization(policy);
         Ok(ModelLoader {
@@ -129,10 +173,10 @@ impl ModelLoader {
         self.f16
     }
 
-    fn builder(&mut self) -> Result<&mut PipelineBuilder, JsError> {
+    fn builder(&mut self) -> Result<&mut PipelineBuilder, CodedError> {
         self.builder
             .as_mut()
-            .ok_or_else(|| JsError::new("this loader was already built"))
+            .ok_or_else(|| CodedError::invalid("this loader was already built"))
     }
 
     /// The files of a diffusers `tokenizer/` folder (absent ones as undefined).
@@ -143,7 +187,7 @@ impl ModelLoader {
         merges_txt: Option<Vec<u8>>,
         tokenizer_config_json: Option<Vec<u8>>,
         special_tokens_map_json: Option<Vec<u8>>,
-    ) -> Result<(), JsError> {
+    ) -> Result<(), CodedError> {
         let tokenizer = ClipTokenizer::from_files(TokenizerFiles {
             tokenizer_json: tokenizer_json.as_deref(),
             vocab_json: vocab_json.as_deref(),
@@ -151,13 +195,13 @@ impl ModelLoader {
             tokenizer_config_json: tokenizer_config_json.as_deref(),
             special_tokens_map_json: special_tokens_map_json.as_deref(),
         })
-        .map_err(js_error)?;
+        .map_err(coded)?;
         self.builder()?.set_tokenizer(tokenizer);
         Ok(())
     }
 
-    pub fn set_scheduler_config(&mut self, json: &str) -> Result<(), JsError> {
-        self.builder()?.set_scheduler_config(json).map_err(js_error)
+    pub fn set_scheduler_config(&mut self, json: &str) -> Result<(), CodedError> {
+        self.builder()?.set_scheduler_config(json).map_err(coded)
     }
 
     /// Starts a component (`text_encoder`, `unet`, `vae`, or `taesd` for previews): its config.json text, then the
@@ -168,14 +212,15 @@ impl ModelLoader {
         config_json: &str,
         file: &str,
         size: f64,
-    ) -> Result<(), JsError> {
-        let kind = Component::from_folder(component)
-            .ok_or_else(|| JsError::new(&format!("unknown model component {component:?}")))?;
+    ) -> Result<(), CodedError> {
+        let kind = Component::from_folder(component).ok_or_else(|| {
+            CodedError::invalid(&format!("unknown model component {component:?}"))
+        })?;
         let config_source = format!("{component}/config.json");
         let mut load = self
             .builder()?
             .begin_component(kind, config_json, &config_source)
-            .map_err(js_error)?;
+            .map_err(coded)?;
         load.store.set_description(file);
         // TAESD previews need its decoder only.
         let skip_encoder = kind == Component::PreviewDecoder;
@@ -191,33 +236,33 @@ impl ModelLoader {
     }
 
     /// The next bytes of the weights file begun with [`Self::begin_weights`].
-    pub fn push_weights(&mut self, bytes: &[u8]) -> Result<(), JsError> {
+    pub fn push_weights(&mut self, bytes: &[u8]) -> Result<(), CodedError> {
         let flight = self
             .in_flight
             .as_mut()
-            .ok_or_else(|| JsError::new("push_weights before begin_weights"))?;
+            .ok_or_else(|| CodedError::invalid("push_weights before begin_weights"))?;
         flight
             .stream
             .push(&mut flight.load.store, bytes)
-            .map_err(js_error)
+            .map_err(coded)
     }
 
     /// Checks the file was complete and builds the component (shape errors surface here).
-    pub fn end_weights(&mut self) -> Result<(), JsError> {
+    pub fn end_weights(&mut self) -> Result<(), CodedError> {
         let WeightsInFlight { mut load, stream } = self
             .in_flight
             .take()
-            .ok_or_else(|| JsError::new("end_weights before begin_weights"))?;
-        stream.finish(&mut load.store).map_err(js_error)?;
-        self.builder()?.finish_component(load).map_err(js_error)
+            .ok_or_else(|| CodedError::invalid("end_weights before begin_weights"))?;
+        stream.finish(&mut load.store).map_err(coded)?;
+        self.builder()?.finish_component(load).map_err(coded)
     }
 
-    pub fn build(&mut self) -> Result<Generator, JsError> {
+    pub fn build(&mut self) -> Result<Generator, CodedError> {
         let builder = self
             .builder
             .take()
-            .ok_or_else(|| JsError::new("this loader was already built"))?;
-        let sd = builder.build().map_err(js_error)?;
+            .ok_or_else(|| CodedError::invalid("this loader was already built"))?;
+        let sd = builder.build().map_err(coded)?;
         Ok(Generator {
             sd: Rc::new(sd),
             cancel: Rc::new(Cell::new(false)),
@@ -242,6 +287,12 @@ struct JsRequest {
     /// img2img strength; the pixels come as the `init_rgba` argument.
     #[serde(default)]
     strength: Option<f64>,
+    /// [width, height] of `init_rgba` / `mask_rgba` (at their own size: resized here, by the
+    /// code the CLI uses).
+    #[serde(default)]
+    init_image_size: Option<[usize; 2]>,
+    #[serde(default)]
+    mask_size: Option<[usize; 2]>,
 }
 
 struct DateClock;
@@ -320,6 +371,39 @@ impl Generator {
     }
 }
 
+/// The request's init image and mask, prepared as the CLI prepares them.
+fn init_image(
+    req: &JsRequest,
+    init_rgba: Option<&[u8]>,
+    mask_rgba: Option<&[u8]>,
+) -> Result<Option<InitImage>, CodedError> {
+    let image = |rgba: &[u8], size: Option<[usize; 2]>, what: &str| {
+        let [w, h] = size.ok_or_else(|| {
+            CodedError::invalid(&format!("{what} pixels came without their size"))
+        })?;
+        RgbImage::from_rgba(rgba, w, h).map_err(|e| CodedError::invalid(&format!("{what}: {e}")))
+    };
+    let mask = mask_rgba
+        .map(|m| image(m, req.mask_size, "mask"))
+        .transpose()?;
+    match init_rgba {
+        Some(rgba) => {
+            let init = image(rgba, req.init_image_size, "initImage")?;
+            Ok(Some(InitImage::prepare(
+                &init,
+                mask.as_ref(),
+                req.width,
+                req.height,
+                req.strength,
+            )))
+        }
+        None if mask.is_some() => Err(CodedError::invalid(
+            "a mask needs an init image (initImage) to inpaint",
+        )),
+        None => Ok(None),
+    }
+}
+
 async fn run_generate(
     sd: &StableDiffusion,
     request_json: &str,
@@ -327,23 +411,20 @@ async fn run_generate(
     mask_rgba: Option<Vec<u8>>,
     on_progress: &js_sys::Function,
     cancel: &Cell<bool>,
-) -> Result<JsValue, JsError> {
+) -> Result<JsValue, CodedError> {
     let req: JsRequest = serde_json::from_str(request_json)
-        .map_err(|e| JsError::new(&format!("invalid generate() options: {e}")))?;
+        .map_err(|e| CodedError::invalid(&format!("invalid generate() options: {e}")))?;
     if !(req.seed >= 0.0 && req.seed.fract() == 0.0 && req.seed <= 9_007_199_254_740_991.0) {
-        return Err(JsError::new(&format!(
+        return Err(CodedError::invalid(&format!(
             "seed {} must be a whole number from 0 to 2^53-1",
             req.seed
         )));
     }
     let scheduler = match req.scheduler.as_deref() {
         None | Some("") => None,
-        Some(name) => Some(SchedulerKind::from_name(name).ok_or_else(|| {
-            JsError::new(&format!(
-                "unknown scheduler {name}; choose ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, lcm or pndm"
-            ))
-        })?),
+        Some(name) => Some(name.parse::<SchedulerKind>().map_err(CodedError::invalid)?),
     };
+    let init_image = init_image(&req, init_rgba.as_deref(), mask_rgba.as_deref())?;
     let request = GenerateRequest {
         prompt: req.prompt,
         negative_prompt: req.negative_prompt,
@@ -354,30 +435,15 @@ async fn run_generate(
         height: req.height,
         seed: req.seed as u64,
         init_noise: None,
-        init_image: match init_rgba {
-            Some(rgba) => Some(InitImage {
-                rgb: rgba
-                    .chunks_exact(4)
-                    .flat_map(|px| [px[0], px[1], px[2]])
-                    .collect(),
-                // diffusers' defaults: 0.8 for img2img, 1.0 for inpainting.
-                strength: req
-                    .strength
-                    .unwrap_or(if mask_rgba.is_some() { 1.0 } else { 0.8 }),
-                mask: mask_rgba.as_deref().map(|m| {
-                    let rgb: Vec<u8> = m.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-                    crate::image_io::to_gray(&rgb)
-                }),
-            }),
-            None if mask_rgba.is_some() => {
-                return Err(JsError::new(
-                    "a mask needs an init image (initImage) to inpaint",
-                ));
-            }
-            None => None,
-        },
+        init_image,
     };
     let strength = request.init_image.as_ref().map(|i| i.strength);
+    // What the result is, so the page never re-derives it from the parameters text.
+    let mode = match &request.init_image {
+        None => "txt2img",
+        Some(init) if init.mask.is_some() => "inpaint",
+        Some(_) => "img2img",
+    };
     let emit = |value: serde_json::Value| {
         // A throwing progress handler must not abort the generation.
         let _ = on_progress.call1(&JsValue::NULL, &JsValue::from_str(&value.to_string()));
@@ -425,8 +491,7 @@ async fn run_generate(
         .generate_cancellable(&request, &DateClock, &mut progress, &|| cancel.get())
         .await
         .map_err(|e| match e {
-            PipelineError::Cancelled => JsError::new("AbortError: generation cancelled"),
-            other => js_error(other),
+            other => CodedError::from(other),
         })?;
     let params = GenerationParams {
         prompt: request.prompt.clone(),
@@ -443,12 +508,12 @@ async fn run_generate(
             .unwrap_or_default(),
     };
     let png =
-        encode_png(&out.rgb, out.width as u32, out.height as u32, &params).map_err(js_error)?;
+        encode_png(&out.rgb, out.width as u32, out.height as u32, &params).map_err(internal)?;
     let result = js_sys::Object::new();
     let set = |key: &str, value: JsValue| {
         js_sys::Reflect::set(&result, &JsValue::from_str(key), &value).map(|_| ())
     };
-    let timings = serde_json::to_string(&out.timings).map_err(js_error)?;
+    let timings = serde_json::to_string(&out.timings).map_err(internal)?;
     set("png", js_sys::Uint8Array::from(png.as_slice()).into())
         .and_then(|_| set("width", (out.width as f64).into()))
         .and_then(|_| set("height", (out.height as f64).into()))
@@ -456,7 +521,9 @@ async fn run_generate(
         .and_then(|_| set("scheduler", out.scheduler.name().into()))
         .and_then(|_| set("parameters", params.to_a1111().into()))
         .and_then(|_| set("timings", timings.into()))
-        .map_err(|_| JsError::new("could not build the result object"))?;
+        .and_then(|_| set("mode", mode.into()))
+        .and_then(|_| set("strength", strength.map_or(JsValue::NULL, JsValue::from)))
+        .map_err(|_| CodedError::invalid("could not build the result object"))?;
     Ok(result.into())
 }
 
@@ -476,12 +543,8 @@ impl WeightsQuantizer {
         quantize: &str,
         file: &str,
         size: f64,
-    ) -> Result<WeightsQuantizer, JsError> {
-        let ty = QuantType::parse(quantize).ok_or_else(|| {
-            JsError::new(&format!(
-                "unknown quantisation {quantize:?}; choose q8_0 or q4_0"
-            ))
-        })?;
+    ) -> Result<WeightsQuantizer, CodedError> {
+        let ty: crate::weights::QuantType = quantize.parse().map_err(CodedError::invalid)?;
         Ok(WeightsQuantizer {
             stream: Some(QuantizeStream::new(
                 file,
@@ -493,12 +556,12 @@ impl WeightsQuantizer {
     }
 
     /// Feeds input bytes; returns the output bytes completed by them (often empty).
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<u8>, JsError> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<u8>, CodedError> {
         self.stream
             .as_mut()
-            .ok_or_else(|| JsError::new("push after finish"))?
+            .ok_or_else(|| CodedError::invalid("push after finish"))?
             .push(bytes)
-            .map_err(js_error)
+            .map_err(coded)
     }
 
     /// The output size in bytes, known once the input's header has arrived (else undefined).
@@ -507,11 +570,11 @@ impl WeightsQuantizer {
     }
 
     /// Checks the input was complete; returns the last output bytes.
-    pub fn finish(&mut self) -> Result<Vec<u8>, JsError> {
+    pub fn finish(&mut self) -> Result<Vec<u8>, CodedError> {
         let stream = self
             .stream
             .take()
-            .ok_or_else(|| JsError::new("finish called twice"))?;
-        stream.finish().map(|(tail, _)| tail).map_err(js_error)
+            .ok_or_else(|| CodedError::invalid("finish called twice"))?;
+        stream.finish().map(|(tail, _)| tail).map_err(coded)
     }
 }

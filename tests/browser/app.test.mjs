@@ -246,6 +246,26 @@ test('img2img through the JS API matches diffusers; a preview arrives after ever
   // (fitted to SD's real VAE) only loosely resembles its decode.
   console.log(`last latent preview vs final image: PSNR ${psnr.toFixed(2)} dB (${last.width}x${last.height} preview, nearest-upscaled)`);
   assert.ok(Number.isFinite(psnr));
+
+  // An init image that must be resized (64x48 to the page's 32x32): the wasm core resizes it
+  // with the CLI's code, so the browser and the CLI give the same image.
+  const initPath = path.join(dir, c.init_image);
+  const run2 = { prompt: 'a red mat', negativePrompt: '', steps: 2, guidance: 7.5, scheduler: 'euler', width: 32, height: 32, seed: 99, strength: 0.5 };
+  const resizedPng = await page.evaluate(async ({ run2, initB64 }) => {
+    const init = new Blob([Uint8Array.from(atob(initB64), (ch) => ch.charCodeAt(0))], { type: 'image/png' });
+    const out = await window.sdwebApp.generator.generate({ ...run2, initImage: init });
+    const bytes = new Uint8Array(await out.png.arrayBuffer());
+    let s = '';
+    for (const b of bytes) s += String.fromCharCode(b);
+    return btoa(s);
+  }, { run2, initB64: readFileSync(initPath).toString('base64') });
+  const nativeResized = path.join(scratch, 'native-img2img-resized.png');
+  execFileSync(sdwebBin(), ['generate', '--model', FIXTURE, '--prompt', run2.prompt, '--steps', '2', '--guidance', '7.5',
+    '--scheduler', 'euler', '--width', '32', '--height', '32', '--seed', '99', '--strength', '0.5', '--init-image', initPath,
+    '--precision', 'f32', '--output', nativeResized], { stdio: 'inherit' });
+  const resizedDiff = await maxPixelDiff(resizedPng, readFileSync(nativeResized).toString('base64'));
+  console.log(`browser vs CLI img2img from a 64x48 image at 32x32: max ${resizedDiff.max}/255, mean ${resizedDiff.mean?.toFixed(4)}/255`);
+  assert.ok(resizedDiff.max <= 3, JSON.stringify(resizedDiff));
 });
 
 test('inpainting through the JS API matches diffusers, and through the page with a painted mask', { timeout: 12 * MINUTES }, async () => {
