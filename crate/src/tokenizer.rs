@@ -44,6 +44,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde_json::Value;
+
+use crate::layout;
 use tokenizers::Model;
 use tokenizers::models::bpe::{BPE, Merges, Vocab};
 use tokenizers::normalizers::replace::ReplacePattern;
@@ -383,16 +385,16 @@ impl ClipTokenizer {
                 }),
             }
         };
-        let tokenizer_json = read("tokenizer.json")?;
+        let tokenizer_json = read(layout::TOKENIZER_JSON)?;
         // vocab.json/merges.txt are only needed without tokenizer.json.
         let (vocab_json, merges_txt) = if tokenizer_json.is_none() {
-            let v = read("vocab.json")?;
-            let m = read("merges.txt")?;
+            let v = read(layout::VOCAB_JSON)?;
+            let m = read(layout::MERGES_TXT)?;
             if v.is_none() || m.is_none() {
                 let missing = if v.is_none() {
-                    "vocab.json"
+                    layout::VOCAB_JSON
                 } else {
-                    "merges.txt"
+                    layout::MERGES_TXT
                 };
                 return Err(TokenizerError::MissingFile(format!(
                     "{} (and no tokenizer.json)",
@@ -403,8 +405,8 @@ impl ClipTokenizer {
         } else {
             (None, None)
         };
-        let tokenizer_config_json = read("tokenizer_config.json")?;
-        let special_tokens_map_json = read("special_tokens_map.json")?;
+        let tokenizer_config_json = read(layout::TOKENIZER_CONFIG_JSON)?;
+        let special_tokens_map_json = read(layout::SPECIAL_TOKENS_MAP_JSON)?;
         let files = TokenizerFiles {
             tokenizer_json: tokenizer_json.as_deref(),
             vocab_json: vocab_json.as_deref(),

@@ -48,6 +48,20 @@ pub enum WeightError {
     NeedMoreBytes(usize),
 }
 
+impl WeightError {
+    /// What kind of failure this is, for callers that act on it (the browser drops a cached
+    /// file whose bytes are malformed): a stable name, never the message text.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WeightError::Malformed { .. } | WeightError::NeedMoreBytes(_) => "malformed-weights",
+            WeightError::Missing { .. } | WeightError::Shape { .. } => "weights-mismatch",
+            WeightError::Io { .. }
+            | WeightError::NoWeightsFile { .. }
+            | WeightError::Destination(_) => "io",
+        }
+    }
+}
+
 impl From<String> for WeightError {
     fn from(message: String) -> Self {
         Self::Destination(message)
@@ -705,26 +719,21 @@ impl<const D: usize> LayerWeight<D> {
     }
 }
 
-/// Picks the weights file of a diffusers component folder (`unet/`, `vae/`, `text_encoder/`):
-/// the non-variant file, else the fp16 variant, as diffusers does when asked for either.
+/// Picks the weights file of a diffusers component folder (`unet/`, `vae/`, `text_encoder/`,
+/// a TAESD repository), in [`crate::layout::weights_file_names`]' order: the non-variant file
+/// first unless `prefer_fp16`.
 pub fn find_component_file(
     dir: &Path,
     stem: &str,
     prefer_fp16: bool,
 ) -> Result<PathBuf, WeightError> {
-    let plain = dir.join(format!("{stem}.safetensors"));
-    let fp16 = dir.join(format!("{stem}.fp16.safetensors"));
-    let order = if prefer_fp16 {
-        [&fp16, &plain]
-    } else {
-        [&plain, &fp16]
-    };
-    order
-        .into_iter()
+    let candidates = crate::layout::weights_file_names(stem, prefer_fp16);
+    candidates
+        .iter()
+        .map(|c| dir.join(c))
         .find(|p| p.is_file())
-        .cloned()
         .ok_or_else(|| WeightError::NoWeightsFile {
             dir: dir.display().to_string(),
-            candidates: format!("{stem}.safetensors, {stem}.fp16.safetensors"),
+            candidates: candidates.join(", "),
         })
 }
