@@ -17,6 +17,8 @@ pub enum QuantType {
 }
 
 impl QuantType {
+    pub const ALL: [QuantType; 2] = [Self::Q8_0, Self::Q4_0];
+
     pub fn parse(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
             "q8_0" | "q8" => Some(Self::Q8_0),
