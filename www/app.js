@@ -53,8 +53,6 @@ let cachedList = [];     // last listCachedModels() result
 let init = null;
 let sizeSource = 'model';
 let shownResult = null;  // the result on the stage (for "Use as start image")
-const img2imgStrength = new WeakMap();   // result -> strength, for results made from an image
-const inpainted = new WeakSet();          // results made with a mask
 // The strength slider keeps one value per mode. Inpainting's is null until the user moves the
 // slider: generate() then gets no strength and uses its inpainting default (1.0).
 const strengthFor = { img2img: 0.8, inpaint: null };
@@ -352,8 +350,6 @@ async function generate() {
   setPhase(params.initImage ? 'Encoding the start image…' : 'Starting…', 0);
   try {
     const res = await gen.generate({ ...params, signal: running.signal });
-    if (params.initImage) img2imgStrength.set(res, params.strength ?? (params.mask ? 1 : 0.8));
-    if (params.mask) inpainted.add(res);
     showResult(res, true);
   } catch (err) {
     if (err && err.name === 'AbortError') setPhase('Stopped.', 0);
@@ -393,9 +389,10 @@ function showResult(res, isNew) {
 
 // The A1111 text starts with the prompt, up to the first newline.
 const promptOf = (res) => (res.parameters || '').split('\n')[0];
-const isImg2img = (res) => img2imgStrength.has(res) || /(^|[\s,])Denoising strength:/.test(res.parameters || '');
-const kindOf = (res) => (inpainted.has(res) ? 'inpaint' : isImg2img(res) ? 'img2img' : '');
-const strengthOf = (res) => /Denoising strength: *([\d.]+)/.exec(res.parameters || '')?.[1] ?? String(img2imgStrength.get(res) ?? '');
+// Every result says what made it (mode: txt2img | img2img | inpaint, and its strength).
+const isImg2img = (res) => res.mode === 'img2img' || res.mode === 'inpaint';
+const kindOf = (res) => (isImg2img(res) ? res.mode : '');
+const strengthOf = (res) => String(res.strength ?? '');
 
 function addToGallery(res) {
   const li = document.createElement('li');
