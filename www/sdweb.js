@@ -101,13 +101,13 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
   return {
     info,
     async generate({ prompt = '', negativePrompt = '', steps = info.steps, guidance = info.guidance, scheduler,
-      width, height, seed, signal, initImage, strength, mask, onProgress: perCall } = {}) {
+      width, height, seed, signal, initImage, strength, mask, previewEvery, onProgress: perCall } = {}) {
       if (disposed) throw new Error('the generator was disposed');
       if (busy) throw new Error('a generation is already running on this generator; wait for it (or abort it) first');
       if (signal?.aborted) throw Object.assign(new Error('generation cancelled'), { name: 'AbortError' });
       busy = true;
       try {
-        return await run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, perCall });
+        return await run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, previewEvery, perCall });
       } finally {
         busy = false;
       }
@@ -122,7 +122,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
     },
   };
 
-  async function run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, perCall }) {
+  async function run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, previewEvery, perCall }) {
     const progress = perCall ?? onProgress;
     // A lost device or a crashed worker: start a new one, which reloads from the cache.
     if (session.failure) {
@@ -145,6 +145,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
     // with the CLI's code, so one input gives one image on both.
     const maskBitmap = mask ? await createImageBitmap(mask, exact) : undefined;
     if (strength !== undefined) request.strength = Number(strength);
+    if (previewEvery !== undefined) request.previewEvery = Number(previewEvery); // default 1; 0: none
     const { worker, call } = session;
     const abort = () => worker.postMessage({ op: 'cancel' });
     signal?.addEventListener('abort', abort, { once: true });

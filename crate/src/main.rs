@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use sdweb::kernels::KernelPolicy;
 use sdweb::options::Precision;
-use sdweb::pipeline::{GenerateRequest, Progress, StableDiffusion, StdClock};
+use sdweb::pipeline::{GenerateRequest, InitImage, Progress, StableDiffusion, StdClock};
 use sdweb::png_meta::{GenerationParams, encode_png};
 use sdweb::schedulers::SchedulerKind;
 use sdweb::weights::{QuantPolicy, QuantType};
@@ -308,48 +308,17 @@ fn run(
 ) -> Result<(), Box<dyn std::error::Error>> {
     check_settings(opts, output)?;
     let init = opts.init_image.as_deref().map(read_png).transpose()?;
-    let mask_image = opts.mask.as_deref().map(read_png).transpose()?;
+    let mask = opts.mask.as_deref().map(read_png).transpose()?;
     let clock = StdClock::default();
-    let scheduler = opts.scheduler;
     let t0 = clock_ms(&clock);
     let device = Device::wgpu_options()
         .init()
         .map_err(|e| format!("no usable GPU adapter: {e:?}"))?;
-    let has_f16 = device.supports_dtype(DType::F16);
-    let dtype = opts.precision.resolve(has_f16)?;
+    let dtype = opts.precision.resolve(device.supports_dtype(DType::F16))?;
     eprintln!("compute precision: {dtype:?}");
     sdweb::kernels::set_policy(opts.kernels);
-    let policy = opts
-        .quantize
-        .map(|to| QuantPolicy::new(to).with_overrides(&opts.quant_override))
-        .transpose()?;
-    let mut model = match &opts.checkpoint {
-        Some(file) => {
-            let (model, report) = sdweb::checkpoint::load_single_file_with_report(
-                file,
-                &opts.model,
-                &device,
-                dtype,
-                policy.as_ref(),
-            )?;
-            eprintln!(
-                "{}: {} tensors used, {} ignored, storage {:?}",
-                file.display(),
-                report.used,
-                report.ignored.len(),
-                report.storage_types
-            );
-            model
-        }
-        None => StableDiffusion::load_quantized(&opts.model, &device, dtype, policy)?,
-    };
+    let model = load_model(opts, &device, dtype)?;
     let weight_bytes = reserved_bytes(&device);
-    // The pool's reservation can shrink, so the peak is sampled after every stage.
-    let peak = std::cell::Cell::new(weight_bytes);
-    let sample_peak = || peak.set(peak.get().max(reserved_bytes(&device)));
-    if let Some(dir) = &opts.taesd {
-        model.load_preview_decoder(dir)?;
-    }
     let load_ms = clock_ms(&clock) - t0;
     eprintln!("loaded {} in {:.0} ms", opts.model.display(), load_ms);
     if bench.as_ref().is_some_and(|b| b.load_only) {
@@ -364,63 +333,156 @@ fn run(
         println!("{line}");
         return Ok(());
     }
+    let request = build_request(opts, &model, init, mask.as_ref())?;
+    eprintln!(
+        "seed {}, {}x{}, {} steps, guidance {}",
+        request.seed, request.width, request.height, opts.steps, opts.guidance
+    );
+    // The pool's reservation can shrink, so the peak is sampled after every stage.
+    let peak = std::cell::Cell::new(weight_bytes);
+    let sample_peak = || peak.set(peak.get().max(reserved_bytes(&device)));
+    let mut report = cli_progress(opts, request.width);
+    let mut on_progress = |p: Progress| {
+        sample_peak();
+        report(p)
+    };
+    let dry_run = bench
+        .as_ref()
+        .is_some_and(|b| b.dry_run)
+        .then(burn::cubecl::dry_run::DryRun::new);
+    let mut outputs = generate_runs(&model, &request, bench.as_ref(), &clock, &mut on_progress)?;
+    let cold = outputs.first().expect("at least one run").timings.clone();
+    let out = outputs.pop().expect("at least one run");
+    sample_peak();
+    drop(dry_run);
 
-    // An init image sets the default size (rounded down to the VAE factor, as diffusers).
+    if let Some(path) = output {
+        let noise_source = opts.init_noise.as_deref().map(file_name);
+        let params = request.a1111_parameters(out.scheduler, &model.name, noise_source.as_deref());
+        let png = encode_png(&out.rgb, out.width as u32, out.height as u32, &params)?;
+        sdweb::files::write_atomically(path, &png)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(mode) = bench {
+        let line = bench_json(&BenchReport {
+            opts,
+            width: request.width,
+            height: request.height,
+            dtype,
+            mode: &mode,
+            cold: &cold,
+            warm: &out.timings,
+            scheduler: out.scheduler.name(),
+            load_ms,
+            weight_bytes,
+            peak: peak.get(),
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The model: the --model folder, or its configs with a single-file checkpoint's weights;
+/// quantised while loading with --quantize; TAESD for previews with --taesd.
+fn load_model(
+    opts: &GenOpts,
+    device: &Device,
+    dtype: DType,
+) -> Result<StableDiffusion, Box<dyn std::error::Error>> {
+    let policy = opts
+        .quantize
+        .map(|to| QuantPolicy::new(to).with_overrides(&opts.quant_override))
+        .transpose()?;
+    let mut model = match &opts.checkpoint {
+        Some(file) => {
+            let (model, report) = sdweb::checkpoint::load_single_file_with_report(
+                file,
+                &opts.model,
+                device,
+                dtype,
+                policy.as_ref(),
+            )?;
+            eprintln!(
+                "{}: {} tensors used, {} ignored, storage {:?}",
+                file.display(),
+                report.used,
+                report.ignored.len(),
+                report.storage_types
+            );
+            model
+        }
+        None => StableDiffusion::load_quantized(&opts.model, device, dtype, policy)?,
+    };
+    if let Some(dir) = &opts.taesd {
+        model.load_preview_decoder(dir)?;
+    }
+    Ok(model)
+}
+
+/// The request the options describe: the size (an init image sets the default, rounded down
+/// to the VAE factor, as diffusers), the init image and mask at that size, the noise.
+fn build_request(
+    opts: &GenOpts,
+    model: &StableDiffusion,
+    init: Option<sdweb::image_io::RgbImage>,
+    mask: Option<&sdweb::image_io::RgbImage>,
+) -> Result<GenerateRequest, Box<dyn std::error::Error>> {
     let f = model.vae_scale_factor();
+    let fit = |side: usize| (side / f).max(1) * f;
     let native = model.default_size();
     let width = opts
         .width
-        .or(init.as_ref().map(|i| (i.width / f).max(1) * f))
+        .or(init.as_ref().map(|i| fit(i.width)))
         .unwrap_or(native);
     let height = opts
         .height
-        .or(init.as_ref().map(|i| (i.height / f).max(1) * f))
+        .or(init.as_ref().map(|i| fit(i.height)))
         .unwrap_or(native);
-    let init_image = init.map(|image| {
-        sdweb::pipeline::InitImage::prepare(
-            &image,
-            mask_image.as_ref(),
-            width,
-            height,
-            opts.strength,
-        )
-    });
-    let seed = opts.seed.unwrap_or_else(random_seed);
+    let init_image =
+        init.map(|image| InitImage::prepare(&image, mask, width, height, opts.strength));
     let init_noise = match &opts.init_noise {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let (shape, values) =
-                sdweb::npy::read_npy_f32(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-            let f = model.vae_scale_factor();
-            let expected = [1, model.unet.config().in_channels, height / f, width / f];
-            if shape != expected {
-                return Err(format!(
-                    "{}: shape {shape:?}, expected {expected:?} for {width}x{height}",
-                    path.display()
-                )
-                .into());
-            }
-            Some(values)
-        }
+        Some(path) => Some(read_init_noise(path, model, width, height)?),
         None => None,
     };
-    let request = GenerateRequest {
+    Ok(GenerateRequest {
         prompt: opts.prompt.clone(),
         negative_prompt: opts.negative_prompt.clone(),
         steps: opts.steps,
         guidance: opts.guidance,
-        scheduler,
+        scheduler: opts.scheduler,
         width,
         height,
-        seed,
+        seed: opts.seed.unwrap_or_else(random_seed),
         init_noise,
         init_image,
-    };
-    eprintln!(
-        "seed {seed}, {width}x{height}, {} steps, guidance {}",
-        opts.steps, opts.guidance
-    );
-    let report_progress = |p: Progress| match p {
+        preview_every: opts.preview_dir.is_some().then_some(1),
+    })
+}
+
+/// `--init-noise`: unit-normal latents of exactly the request's latent shape.
+fn read_init_noise(
+    path: &std::path::Path,
+    model: &StableDiffusion,
+    width: usize,
+    height: usize,
+) -> Result<Vec<f32>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (shape, values) =
+        sdweb::npy::read_npy_f32(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let f = model.vae_scale_factor();
+    let expected = [1, model.unet.config().in_channels, height / f, width / f];
+    if shape != expected {
+        return Err(format!(
+            "{}: shape {shape:?}, expected {expected:?} for {width}x{height}",
+            path.display()
+        ));
+    }
+    Ok(values)
+}
+
+/// Progress on stderr, and the previews into --preview-dir.
+fn cli_progress(opts: &GenOpts, width: usize) -> impl FnMut(Progress) + '_ {
+    move |p: Progress| match p {
         Progress::Tokenized {
             truncated: true,
             token_count,
@@ -447,37 +509,39 @@ fn run(
         }
         Progress::Decoded => eprintln!("decoded"),
         _ => {}
-    };
-    let mut on_progress = |p: Progress| {
-        sample_peak();
-        report_progress(p)
-    };
-    let dry_run = bench
-        .as_ref()
-        .is_some_and(|b| b.dry_run)
-        .then(burn::cubecl::dry_run::DryRun::new);
-    let decode = bench.as_ref().is_none_or(|b| b.decode);
-    // A bench runs the generation `runs` times: the first is cold (compile included).
-    let runs = bench.as_ref().map_or(1, |b| b.runs.max(1));
+    }
+}
+
+/// The generation, `runs` times for a bench (the first is cold: compile included), with a
+/// kernel profile of the last; `--no-decode` stops before the VAE.
+fn generate_runs(
+    model: &StableDiffusion,
+    request: &GenerateRequest,
+    bench: Option<&BenchMode>,
+    clock: &StdClock,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<sdweb::pipeline::GenerateOutput>, Box<dyn std::error::Error>> {
+    let decode = bench.is_none_or(|b| b.decode);
+    let runs = bench.map_or(1, |b| b.runs.max(1));
+    let profile = bench.is_some_and(|b| b.profile) && sdweb::launches::enable_profiling();
     let mut outputs = Vec::with_capacity(runs);
-    let profile = bench.as_ref().is_some_and(|b| b.profile) && sdweb::launches::enable_profiling();
     for run in 0..runs {
         if profile && run + 1 == runs {
             sdweb::launches::take_profile();
         }
-        let t_generate = clock_ms(&clock);
+        let t_generate = clock_ms(clock);
         outputs.push(if decode {
-            pollster::block_on(model.generate(&request, &clock, &mut on_progress))?
+            pollster::block_on(model.generate(request, clock, on_progress))?
         } else {
             let denoised =
-                pollster::block_on(model.denoise(&request, &clock, &mut on_progress, &|| false))?;
+                pollster::block_on(model.denoise(request, clock, on_progress, &|| false))?;
             sdweb::pipeline::GenerateOutput {
                 rgb: Vec::new(),
-                width,
-                height,
+                width: request.width,
+                height: request.height,
                 scheduler: denoised.scheduler,
                 timings: sdweb::pipeline::Timings {
-                    total_ms: clock_ms(&clock) - t_generate,
+                    total_ms: clock_ms(clock) - t_generate,
                     ..denoised.timings
                 },
             }
@@ -489,51 +553,7 @@ fn run(
             eprintln!("{ms:10.1} ms {launches:6}  {name}");
         }
     }
-    let cold = outputs.first().expect("at least one run").timings.clone();
-    let out = outputs.pop().expect("at least one run");
-    sample_peak();
-    drop(dry_run);
-    let peak = peak.get();
-
-    if let Some(path) = output {
-        let params = GenerationParams {
-            prompt: request.prompt.clone(),
-            negative_prompt: request.negative_prompt.clone(),
-            steps: request.steps,
-            sampler: out.scheduler.a1111_name().to_string(),
-            cfg_scale: request.guidance,
-            seed,
-            width: width as u32,
-            height: height as u32,
-            model: model.name.clone(),
-            extra: match (&request.init_image, &opts.init_noise) {
-                (Some(init), _) => vec![("Denoising strength".into(), init.strength.to_string())],
-                // The seed did not make this noise: say where it came from.
-                (None, Some(file)) => vec![("Initial noise".into(), file_name(file))],
-                (None, None) => Vec::new(),
-            },
-        };
-        let png = encode_png(&out.rgb, width as u32, height as u32, &params)?;
-        sdweb::files::write_atomically(path, &png)?;
-        eprintln!("wrote {}", path.display());
-    }
-    if let Some(mode) = bench {
-        let line = bench_json(&BenchReport {
-            opts,
-            width,
-            height,
-            dtype,
-            mode: &mode,
-            cold: &cold,
-            warm: &out.timings,
-            scheduler: out.scheduler.name(),
-            load_ms,
-            weight_bytes,
-            peak,
-        });
-        println!("{line}");
-    }
-    Ok(())
+    Ok(outputs)
 }
 
 /// A latent-projection preview, enlarged to the image size, as DIR/step-NNN.png.

@@ -18,7 +18,7 @@ use crate::pipeline::{
     Clock, Component, ComponentLoad, GenerateRequest, InitImage, PipelineBuilder, PipelineError,
     Progress, StableDiffusion,
 };
-use crate::png_meta::{GenerationParams, encode_png};
+use crate::png_meta::encode_png;
 use crate::schedulers::SchedulerKind;
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
 use crate::weights::QuantPolicy;
@@ -293,6 +293,9 @@ struct JsRequest {
     init_image_size: Option<[usize; 2]>,
     #[serde(default)]
     mask_size: Option<[usize; 2]>,
+    /// A preview after every this many steps (default 1; 0 turns them off).
+    #[serde(default)]
+    preview_every: Option<usize>,
 }
 
 struct DateClock;
@@ -412,10 +415,49 @@ async fn run_generate(
     on_progress: &js_sys::Function,
     cancel: &Cell<bool>,
 ) -> Result<JsValue, CodedError> {
+    let request = parse_request(request_json, init_rgba.as_deref(), mask_rgba.as_deref())?;
+    let mut progress = |p: Progress| emit_progress(on_progress, p);
+    let out = sd
+        .generate_cancellable(&request, &DateClock, &mut progress, &|| cancel.get())
+        .await?;
+    let params = request.a1111_parameters(out.scheduler, &sd.name, None);
+    let png =
+        encode_png(&out.rgb, out.width as u32, out.height as u32, &params).map_err(internal)?;
+    let strength = request.init_image.as_ref().map(|i| i.strength);
+    // What the result is, so the page never re-derives it from the parameters text.
+    let mode = match &request.init_image {
+        None => "txt2img",
+        Some(init) if init.mask.is_some() => "inpaint",
+        Some(_) => "img2img",
+    };
+    let result = js_sys::Object::new();
+    let set = |key: &str, value: JsValue| {
+        js_sys::Reflect::set(&result, &JsValue::from_str(key), &value).map(|_| ())
+    };
+    let timings = serde_json::to_string(&out.timings).map_err(internal)?;
+    set("png", js_sys::Uint8Array::from(png.as_slice()).into())
+        .and_then(|_| set("width", (out.width as f64).into()))
+        .and_then(|_| set("height", (out.height as f64).into()))
+        .and_then(|_| set("seed", (request.seed as f64).into()))
+        .and_then(|_| set("scheduler", out.scheduler.name().into()))
+        .and_then(|_| set("parameters", params.to_a1111().into()))
+        .and_then(|_| set("timings", timings.into()))
+        .and_then(|_| set("mode", mode.into()))
+        .and_then(|_| set("strength", strength.map_or(JsValue::NULL, JsValue::from)))
+        .map_err(|_| internal("could not build the result object"))?;
+    Ok(result.into())
+}
+
+/// The JS API's options (and the init image / mask pixels) as a request.
+fn parse_request(
+    request_json: &str,
+    init_rgba: Option<&[u8]>,
+    mask_rgba: Option<&[u8]>,
+) -> Result<GenerateRequest, CodedError> {
     let req: JsRequest = serde_json::from_str(request_json)
-        .map_err(|e| CodedError::invalid(&format!("invalid generate() options: {e}")))?;
+        .map_err(|e| CodedError::invalid(format!("invalid generate() options: {e}")))?;
     if !(req.seed >= 0.0 && req.seed.fract() == 0.0 && req.seed <= 9_007_199_254_740_991.0) {
-        return Err(CodedError::invalid(&format!(
+        return Err(CodedError::invalid(format!(
             "seed {} must be a whole number from 0 to 2^53-1",
             req.seed
         )));
@@ -424,8 +466,8 @@ async fn run_generate(
         None | Some("") => None,
         Some(name) => Some(name.parse::<SchedulerKind>().map_err(CodedError::invalid)?),
     };
-    let init_image = init_image(&req, init_rgba.as_deref(), mask_rgba.as_deref())?;
-    let request = GenerateRequest {
+    let init_image = init_image(&req, init_rgba, mask_rgba)?;
+    Ok(GenerateRequest {
         prompt: req.prompt,
         negative_prompt: req.negative_prompt,
         steps: req.steps,
@@ -436,19 +478,17 @@ async fn run_generate(
         seed: req.seed as u64,
         init_noise: None,
         init_image,
-    };
-    let strength = request.init_image.as_ref().map(|i| i.strength);
-    // What the result is, so the page never re-derives it from the parameters text.
-    let mode = match &request.init_image {
-        None => "txt2img",
-        Some(init) if init.mask.is_some() => "inpaint",
-        Some(_) => "img2img",
-    };
+        preview_every: Some(req.preview_every.unwrap_or(1)).filter(|&n| n > 0),
+    })
+}
+
+/// One progress event to the worker's callback: (JSON text[, RGBA pixels of a preview]).
+fn emit_progress(on_progress: &js_sys::Function, p: Progress) {
+    // A throwing progress handler must not abort the generation.
     let emit = |value: serde_json::Value| {
-        // A throwing progress handler must not abort the generation.
         let _ = on_progress.call1(&JsValue::NULL, &JsValue::from_str(&value.to_string()));
     };
-    let mut progress = |p: Progress| match p {
+    match p {
         Progress::Compiling => emit(serde_json::json!({ "type": "compiling" })),
         Progress::Compiled { pipelines, ms } => emit(serde_json::json!({
             "type": "compiled", "pipelines": pipelines, "ms": ms,
@@ -486,45 +526,7 @@ async fn run_generate(
             );
         }
         Progress::Decoded => emit(serde_json::json!({ "type": "decoded" })),
-    };
-    let out = sd
-        .generate_cancellable(&request, &DateClock, &mut progress, &|| cancel.get())
-        .await
-        .map_err(|e| match e {
-            other => CodedError::from(other),
-        })?;
-    let params = GenerationParams {
-        prompt: request.prompt.clone(),
-        negative_prompt: request.negative_prompt.clone(),
-        steps: request.steps,
-        sampler: out.scheduler.a1111_name().to_string(),
-        cfg_scale: request.guidance,
-        seed: request.seed,
-        width: out.width as u32,
-        height: out.height as u32,
-        model: sd.name.clone(),
-        extra: strength
-            .map(|s| vec![("Denoising strength".to_string(), s.to_string())])
-            .unwrap_or_default(),
-    };
-    let png =
-        encode_png(&out.rgb, out.width as u32, out.height as u32, &params).map_err(internal)?;
-    let result = js_sys::Object::new();
-    let set = |key: &str, value: JsValue| {
-        js_sys::Reflect::set(&result, &JsValue::from_str(key), &value).map(|_| ())
-    };
-    let timings = serde_json::to_string(&out.timings).map_err(internal)?;
-    set("png", js_sys::Uint8Array::from(png.as_slice()).into())
-        .and_then(|_| set("width", (out.width as f64).into()))
-        .and_then(|_| set("height", (out.height as f64).into()))
-        .and_then(|_| set("seed", (request.seed as f64).into()))
-        .and_then(|_| set("scheduler", out.scheduler.name().into()))
-        .and_then(|_| set("parameters", params.to_a1111().into()))
-        .and_then(|_| set("timings", timings.into()))
-        .and_then(|_| set("mode", mode.into()))
-        .and_then(|_| set("strength", strength.map_or(JsValue::NULL, JsValue::from)))
-        .map_err(|_| CodedError::invalid("could not build the result object"))?;
-    Ok(result.into())
+    }
 }
 
 /// Converts a cached fp16/f32 weights file into its q8_0/q4_0 copy chunk by chunk (the same

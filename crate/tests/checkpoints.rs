@@ -670,6 +670,7 @@ fn request(case: &Case) -> GenerateRequest {
         seed: case.seed,
         init_noise: Some(init_noise(case)),
         init_image: None,
+        preview_every: None,
     }
 }
 

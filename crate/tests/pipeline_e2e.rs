@@ -21,6 +21,7 @@ fn request(case: &Case, with_noise: bool) -> GenerateRequest {
         seed: case.seed,
         init_noise: with_noise.then(|| init_noise(case)),
         init_image: None,
+        preview_every: None,
     }
 }
 
@@ -175,6 +176,7 @@ fn check_image_cases(dir: &std::path::Path, cases: &[ImageCase], models: &[&str]
                         .as_ref()
                         .map(|m| sdweb::image_io::to_gray(&read(m).rgb)),
                 }),
+                preview_every: None,
             };
             let (want, ..) = decode_rgb(&std::fs::read(dir.join(&case.png)).unwrap());
             assert_image_close(&case.name, &run(&model, &req), &want);
@@ -244,6 +246,7 @@ fn inpainting_matches_diffusers_for_both_unet_kinds() {
         seed: 1,
         init_noise: None,
         init_image: None,
+        preview_every: None,
     };
     let err = pollster::block_on(model.generate(&req, &StdClock::default(), &mut |_| {}))
         .err()
@@ -265,7 +268,10 @@ fn a_preview_after_every_step_from_taesd_or_the_latent_projection() {
         .find(|c| c.name == "sd2-euler-cfg")
         .unwrap();
     let mut model = load("sd2_tiny", DType::F32);
-    let req = request(&case, true);
+    let req = GenerateRequest {
+        preview_every: Some(1),
+        ..request(&case, true)
+    };
     let collect = |model: &StableDiffusion| {
         let mut previews = Vec::new();
         let denoised = pollster::block_on(model.denoise(

@@ -256,6 +256,7 @@ fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
             seed: 7,
             init_noise: None,
             init_image: None,
+            preview_every: None,
         };
         let images: Vec<Vec<u8>> = models
             .iter()
