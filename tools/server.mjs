@@ -1,6 +1,6 @@
 // Static server for the sdweb app and its browser tests. Node 20, no dependencies.
 //
-//   node www/server.mjs [--port N] [--host H] [--root DIR] [--mount /prefix=DIR ...] [--test-hooks]
+//   node tools/server.mjs [--port N] [--host H] [--root DIR] [--mount /prefix=DIR ...] [--test-hooks]
 //
 // Every file is served with the headers the Hugging Face Hub puts on model files (ETag and
 // X-Linked-Etag = sha256, X-Linked-Size, byte ranges, CORS), so the weights cache can be tested
@@ -16,7 +16,8 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
-const WWW = path.dirname(fileURLToPath(import.meta.url));
+// The app it serves by default: www/ next to this folder.
+const WWW = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../www');
 
 const TYPES = {
   '.html': 'text/html; charset=utf-8',

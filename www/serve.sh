@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v node >/dev/null || { echo "node is missing: apt-get install nodejs (Node 18+)" >&2; exit 1; }
 ./www/build-wasm.sh "${SDWEB_WASM_PROFILE:-wasm-release}"
-exec node www/server.mjs "$@"
+exec node tools/server.mjs "$@"

@@ -1,5 +1,5 @@
 // The browser app end to end: Debian Chromium, WebGPU on SwiftShader, the page served by
-// www/server.mjs with the bundled demo model (tests/fixtures/sd1_tiny).
+// tools/server.mjs with the bundled demo model (tests/fixtures/sd1_tiny).
 //
 // SwiftShader compiles each page's shaders anew (~3 min for the tiny model), so the tests share
 // pages and generate in as few page loads as possible; the order of the tests matters.
@@ -12,7 +12,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, trunc
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startServer } from '../../www/server.mjs';
+import { startServer } from '../../tools/server.mjs';
 import { launch, logConsole } from './harness.mjs';
 import { a1111Parameters, pngTextChunks } from './png-text.mjs';
 

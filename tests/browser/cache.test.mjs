@@ -1,4 +1,4 @@
-// www/cache.js and www/sha256.js in headless Chromium against www/server.mjs with fault injection.
+// www/cache.js and www/sha256.js in headless Chromium against tools/server.mjs with fault injection.
 // Run: cd tests/browser && npm ci && node --test cache.test.mjs
 
 import { after, before, test } from 'node:test';
@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { startServer } from '../../www/server.mjs';
+import { startServer } from '../../tools/server.mjs';
 
 const MiB = 1 << 20;
 const FIXTURE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/sd1_tiny');
