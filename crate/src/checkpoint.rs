@@ -175,11 +175,7 @@ pub fn read_single_file<R: Read + Seek>(
 ) -> Result<SingleFileStores, WeightError> {
     let format = detect_format(reader, file)?;
     let desc = |c: Component| format!("{file} ({} of a single-file checkpoint)", c.folder());
-    let vae_dtype = if base.vae.force_upcast {
-        DType::F32
-    } else {
-        dtype
-    };
+    let vae_dtype = base.vae.compute_dtype(dtype);
     let mut stores = [
         TensorStore::new(device, dtype, desc(Component::TextEncoder)),
         TensorStore::new(device, dtype, desc(Component::Unet)),

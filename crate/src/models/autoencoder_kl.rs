@@ -28,6 +28,16 @@ pub struct AutoencoderKLConfig {
 }
 
 impl AutoencoderKLConfig {
+    /// The dtype the VAE computes in when the pipeline asks for `requested`: f32 when the
+    /// config says `force_upcast` (f16 overflows in SD's decoder), as diffusers does.
+    pub fn compute_dtype(&self, requested: DType) -> DType {
+        if self.force_upcast {
+            DType::F32
+        } else {
+            requested
+        }
+    }
+
     pub fn from_reader(mut c: ConfigReader) -> Result<Self, ConfigError> {
         let block_out_channels = c.usize_list("block_out_channels", &[64])?;
         let levels = block_out_channels.len();

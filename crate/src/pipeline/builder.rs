@@ -95,12 +95,7 @@ impl PipelineBuilder {
             ),
             Component::Vae => {
                 let config = AutoencoderKLConfig::from_reader(reader)?;
-                // diffusers runs SD's VAE in f32 (`force_upcast`): f16 overflows in the decoder.
-                let dtype = if config.force_upcast {
-                    DType::F32
-                } else {
-                    self.dtype
-                };
+                let dtype = config.compute_dtype(self.dtype);
                 (ComponentConfig::Vae(config), dtype)
             }
             Component::PreviewDecoder => (

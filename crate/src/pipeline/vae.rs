@@ -83,11 +83,7 @@ impl StableDiffusion {
 
     /// The VAE's compute dtype: f32 when its config says `force_upcast`, as diffusers.
     fn vae_dtype(&self) -> DType {
-        if self.vae.config().force_upcast {
-            DType::F32
-        } else {
-            self.dtype
-        }
+        self.vae.config().compute_dtype(self.dtype)
     }
 
     /// img2img's start: RGB8 → [-1, 1] → VAE posterior sample (mean + std · noise from
