@@ -50,7 +50,11 @@ export class ModelCache {
     return new ModelCache(db);
   }
 
-  /** options: { model, revision = 'main', signal, onProgress(loaded, total) } -> { url, size, sha256, revision, commit } */
+  /**
+   * Downloads `url` into the cache unless it is there -> { url, size, sha256, revision, commit }.
+   * @param {string} url
+   * @param {{ model?: string, revision?: string, signal?: AbortSignal, onProgress?: (loaded: number, total: number | null) => void }} [options]
+   */
   ensure(url, options = {}) {
     const key = entryKey(url, options.revision);
     let pending = this.pending.get(key);
@@ -121,6 +125,7 @@ export class ModelCache {
    * { exists: false } on 404, else { exists: true, size } (size null when not announced).
    * Throws a 'network' CacheError when unreachable and an 'http' one for other statuses.
    */
+  /** @param {string} url @param {{ model?: string, signal?: AbortSignal }} [options] */
   async probe(url, { model = '', signal } = {}) {
     const name = fileName(url, model);
     let response;
@@ -193,6 +198,7 @@ export class ModelCache {
     this.db.close();
   }
 
+  /** @param {string} url @param {string} key @param {{ model?: string, revision?: string, signal?: AbortSignal, onProgress?: (loaded: number, total: number | null) => void }} options */
   async #download(url, key, { model = '', revision = 'main', signal, onProgress }) {
     const name = fileName(url, model);
     let entry = await this.#entry(key);

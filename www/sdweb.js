@@ -34,10 +34,15 @@ export const WEIGHT_FORMATS = [
   { id: 'q4_0', name: 'q4 (a third of the GPU memory, small changes)' },
 ];
 
-/** Whether this browser can run sdweb: {ok, f16, reason} (reason: what the user can do). */
+/**
+ * Whether this browser can run sdweb: {ok, f16, reason} (reason: what the user can do).
+ * @returns {Promise<{ ok: boolean, f16: boolean, reason?: string }>}
+ */
 export async function checkWebGPU() {
+  /** @type {any} */
+  const navigator = globalThis.navigator;
   const help = 'Use a recent Chrome or Edge (113+) with hardware acceleration on, or Safari 18+ / Firefox with WebGPU enabled; on Linux Chrome needs chrome://flags/#enable-unsafe-webgpu.';
-  if (!globalThis.navigator?.gpu) return { ok: false, f16: false, reason: `This browser has no WebGPU. ${help}` };
+  if (!navigator?.gpu) return { ok: false, f16: false, reason: `This browser has no WebGPU. ${help}` };
   let adapter = null;
   try { adapter = await navigator.gpu.requestAdapter(); } catch { /* reported below */ }
   if (!adapter) return { ok: false, f16: false, reason: `WebGPU is present but no GPU adapter is available (blocklisted GPU or hardware acceleration off). ${help}` };
@@ -76,6 +81,52 @@ function revisionOf(model) {
 }
 
 /**
+ * @typedef {object} GeneratorOptions
+ * @property {string} model base URL of a diffusers repository
+ * @property {(event: ProgressEvent) => void} [onProgress]
+ * @property {'auto' | 'f32' | 'f16'} [precision]
+ * @property {'q8_0' | 'q4_0'} [quantize]
+ * @property {string} [revision]
+ * @property {string} [taesd] base URL of a TAESD repository
+ * @property {boolean} [portable]
+ *
+ * @typedef {{ type: string, [key: string]: any }} ProgressEvent
+ *
+ * @typedef {object} GenerateOptions
+ * @property {string} [prompt]
+ * @property {string} [negativePrompt]
+ * @property {number} [steps]
+ * @property {number} [guidance]
+ * @property {string} [scheduler] one of SCHEDULERS
+ * @property {number} [width]
+ * @property {number} [height]
+ * @property {number} [seed]
+ * @property {AbortSignal} [signal]
+ * @property {ImageBitmapSource} [initImage] img2img / inpainting start image (any size)
+ * @property {number} [strength] in (0, 1]
+ * @property {ImageBitmapSource} [mask] inpainting: white = repaint
+ * @property {number} [previewEvery] a preview after every this many steps (default 1; 0: none)
+ * @property {(event: ProgressEvent) => void} [onProgress] this call's progress
+ *
+ * @typedef {object} GenerateResult
+ * @property {Blob} png with the A1111 parameters text and the AI-generated label
+ * @property {number} width
+ * @property {number} height
+ * @property {number} seed
+ * @property {string} scheduler
+ * @property {string} parameters
+ * @property {Record<string, any>} timings
+ * @property {'txt2img' | 'img2img' | 'inpaint'} mode
+ * @property {number | null} strength
+ *
+ * @typedef {object} Generator
+ * @property {Record<string, any>} info
+ * @property {(options?: GenerateOptions) => Promise<GenerateResult>} generate
+ * @property {() => void} simulateDeviceLoss
+ * @property {() => void} dispose
+ */
+
+/**
  * Loads a model in a new worker. Options: model (base URL), onProgress(event),
  * precision ('auto' | 'f32' | 'f16'), quantize ('q8_0' | 'q4_0': layer weights quantised as they
  * load and kept quantised on the GPU; see WEIGHT_FORMATS), revision (cache key; default from the URL or 'main'),
@@ -83,7 +134,11 @@ function revisionOf(model) {
  * portable (true: run as on an adapter with neither `subgroups` nor `shader-f16`, f32 everywhere,
  * which is what Safari and Firefox offer; sdweb's kernels need neither).
  */
-export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', quantize, revision, taesd, portable = false } = {}) {
+/**
+ * @param {GeneratorOptions} options
+ * @returns {Promise<Generator>}
+ */
+export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', quantize, revision, taesd, portable = false } = /** @type {GeneratorOptions} */ ({})) {
   if (!model) throw new Error('createGenerator: `model` (the base URL of a diffusers repository) is required');
   const gpu = await checkWebGPU();
   if (!gpu.ok) throw new Error(gpu.reason);
@@ -100,6 +155,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
 
   return {
     info,
+    /** @param {GenerateOptions} [options] */
     async generate({ prompt = '', negativePrompt = '', steps = info.steps, guidance = info.guidance, scheduler,
       width, height, seed, signal, initImage, strength, mask, previewEvery, onProgress: perCall } = {}) {
       if (disposed) throw new Error('the generator was disposed');
@@ -122,6 +178,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
     },
   };
 
+  /** @param {GenerateOptions & { perCall?: (event: ProgressEvent) => void }} options @returns {Promise<GenerateResult>} */
   async function run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, previewEvery, perCall }) {
     const progress = perCall ?? onProgress;
     // A lost device or a crashed worker: start a new one, which reloads from the cache.
@@ -133,6 +190,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
     // img2img: any image source (Blob, <img>, canvas, ImageData, ImageBitmap); its own size,
     // rounded down to the size multiple, unless width/height are given.
     // The pixels as stored (no colour management, no premultiplication), as the CLI reads a PNG.
+    /** @type {ImageBitmapOptions} */
     const exact = { colorSpaceConversion: 'none', premultiplyAlpha: 'none' };
     const bitmap = initImage ? await createImageBitmap(initImage, exact) : undefined;
     const fit = (v) => Math.max(1, Math.floor(v / info.sizeMultiple)) * info.sizeMultiple;
