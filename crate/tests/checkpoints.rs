@@ -254,22 +254,9 @@ fn ldm_key_table_round_trips_sd1_and_sd2_configs() {
     unet.layers_per_block = vec![2; 4];
     unet.transformer_layers_per_block = vec![1; 4];
     unet.num_attention_heads = vec![8; 4];
-    unet.down_block_types = [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ]
-    .map(String::from)
-    .to_vec();
-    unet.up_block_types = [
-        "UpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-    ]
-    .map(String::from)
-    .to_vec();
+    use sdweb::models::unet_2d_condition::BlockType::{CrossAttention, Plain};
+    unet.down_block_types = vec![CrossAttention, CrossAttention, CrossAttention, Plain];
+    unet.up_block_types = vec![Plain, CrossAttention, CrossAttention, CrossAttention];
     let mut vae = base("sd1_tiny").vae;
     vae.block_out_channels = vec![128, 256, 512, 512];
     vae.layers_per_block = 2;

@@ -9,6 +9,37 @@ use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::config::{ConfigError, ConfigReader};
 use crate::weights::{WeightError, Weights};
 
+/// A UNet level's block, from `down_block_types` / `up_block_types`: with cross-attention
+/// transformers (`CrossAttnDownBlock2D`, `CrossAttnUpBlock2D`) or resnets only (`DownBlock2D`,
+/// `UpBlock2D`), the two kinds SD 1.x/2.x use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockType {
+    CrossAttention,
+    Plain,
+}
+
+impl BlockType {
+    /// diffusers' class name for a down (`up = false`) or up block of this kind.
+    pub fn class_name(self, up: bool) -> &'static str {
+        match (self, up) {
+            (Self::CrossAttention, false) => "CrossAttnDownBlock2D",
+            (Self::Plain, false) => "DownBlock2D",
+            (Self::CrossAttention, true) => "CrossAttnUpBlock2D",
+            (Self::Plain, true) => "UpBlock2D",
+        }
+    }
+
+    fn parse(name: &str, up: bool) -> Option<Self> {
+        [Self::CrossAttention, Self::Plain]
+            .into_iter()
+            .find(|b| b.class_name(up) == name)
+    }
+
+    pub fn has_cross_attention(self) -> bool {
+        self == Self::CrossAttention
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct UNet2DConditionConfig {
     pub sample_size: usize,
@@ -16,8 +47,8 @@ pub struct UNet2DConditionConfig {
     pub out_channels: usize,
     pub flip_sin_to_cos: bool,
     pub freq_shift: f64,
-    pub down_block_types: Vec<String>,
-    pub up_block_types: Vec<String>,
+    pub down_block_types: Vec<BlockType>,
+    pub up_block_types: Vec<BlockType>,
     pub block_out_channels: Vec<usize>,
     pub layers_per_block: Vec<usize>,
     pub downsample_padding: usize,
@@ -53,33 +84,25 @@ impl UNet2DConditionConfig {
                 "CrossAttnUpBlock2D",
             ],
         )?;
-        for (key, types, known) in [
-            (
-                "down_block_types",
-                &down_block_types,
-                ["CrossAttnDownBlock2D", "DownBlock2D"],
-            ),
-            (
-                "up_block_types",
-                &up_block_types,
-                ["CrossAttnUpBlock2D", "UpBlock2D"],
-            ),
-        ] {
-            if types.len() != levels {
+        let block_types = |key: &str, names: &[String], up: bool| {
+            if names.len() != levels {
                 return Err(c.unsupported(
                     key,
-                    types.len(),
+                    names.len(),
                     "must have one entry per block_out_channels level",
                 ));
             }
-            if let Some(t) = types.iter().find(|t| !known.contains(&t.as_str())) {
-                return Err(c.unsupported(
-                    key,
-                    t,
-                    "only the SD 1.x/2.x block types are implemented",
-                ));
-            }
-        }
+            names
+                .iter()
+                .map(|n| {
+                    BlockType::parse(n, up).ok_or_else(|| {
+                        c.unsupported(key, n, "only the SD 1.x/2.x block types are implemented")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let down_block_types = block_types("down_block_types", &down_block_types, false)?;
+        let up_block_types = block_types("up_block_types", &up_block_types, true)?;
         let attention_head_dim = c.usize_per_level("attention_head_dim", levels, 8)?;
         let num_attention_heads = match c.raw("num_attention_heads").cloned() {
             None => attention_head_dim,
@@ -214,7 +237,7 @@ impl UNet2DConditionModel {
             let bw = w.pp("down_blocks").pp(i);
             let in_ch = out_ch;
             out_ch = ch[i];
-            let has_attn = c.down_block_types[i].starts_with("CrossAttn");
+            let has_attn = c.down_block_types[i].has_cross_attention();
             let n = c.layers_per_block[i];
             down_blocks.push(DownBlock {
                 resnets: (0..n)
@@ -275,7 +298,7 @@ impl UNet2DConditionModel {
             out_ch = rev_ch[i];
             let in_ch = rev_ch[(i + 1).min(levels - 1)];
             let level = levels - 1 - i;
-            let has_attn = c.up_block_types[i].starts_with("CrossAttn");
+            let has_attn = c.up_block_types[i].has_cross_attention();
             let n = c.layers_per_block[level] + 1;
             up_blocks.push(UpBlock {
                 resnets: (0..n)
@@ -401,5 +424,40 @@ impl UNet2DConditionModel {
             }
         }
         self.conv_out.forward(self.conv_norm_out.forward_silu(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<UNet2DConditionConfig, ConfigError> {
+        UNet2DConditionConfig::from_reader(ConfigReader::parse(json, "unet/config.json").unwrap())
+    }
+
+    #[test]
+    fn block_types_are_parsed_at_the_edge() {
+        let config = parse(r#"{"block_out_channels": [32, 64], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": 8}"#)
+        .unwrap();
+        assert_eq!(
+            config.down_block_types,
+            [BlockType::CrossAttention, BlockType::Plain]
+        );
+        assert_eq!(
+            config.up_block_types,
+            [BlockType::Plain, BlockType::CrossAttention]
+        );
+        let err = parse(r#"{"block_out_channels": [32, 64], "down_block_types": ["SimpleCrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]}"#)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("SimpleCrossAttnDownBlock2D")
+                && err.contains("only the SD 1.x/2.x block types"),
+            "{err}"
+        );
+        // A down-block name in the up list is no up block.
+        assert!(parse(r#"{"block_out_channels": [32], "down_block_types": ["DownBlock2D"], "up_block_types": ["DownBlock2D"]}"#).is_err());
     }
 }

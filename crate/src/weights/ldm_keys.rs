@@ -304,7 +304,7 @@ impl Builder {
         for i in 0..levels {
             let in_ch = out_ch;
             out_ch = ch[i];
-            let attn = c.down_block_types[i].starts_with("CrossAttn");
+            let attn = c.down_block_types[i].has_cross_attention();
             for j in 0..c.layers_per_block[i] {
                 let res_in = if j == 0 { in_ch } else { out_ch };
                 self.unet_resnet(
@@ -352,7 +352,7 @@ impl Builder {
             out_ch = rev[i];
             let in_ch = rev[(i + 1).min(levels - 1)];
             let level = levels - 1 - i;
-            let attn = c.up_block_types[i].starts_with("CrossAttn");
+            let attn = c.up_block_types[i].has_cross_attention();
             let n = c.layers_per_block[level] + 1;
             for j in 0..n {
                 let skip = if j == n - 1 { in_ch } else { out_ch };
