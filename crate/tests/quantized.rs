@@ -208,6 +208,69 @@ fn stored_token_embedding_is_dequantised_at_load() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// `sdweb quantize` declares each quantised tensor's type in `__metadata__`; a copy of the
+/// file with the declarations removed (as files were written before them) loads the same.
+#[test]
+fn quantised_files_declare_their_block_tensors() {
+    use sdweb::weights::safetensors::QUANT_TYPE_KEY;
+    let dir = std::env::temp_dir().join(format!("sdweb-quant-meta-{}", std::process::id()));
+    let policy = QuantPolicy::new(QuantType::Q4_0);
+    sdweb::weights::quantize_model::quantize_folder(
+        &fixtures().join("sd1_tiny"),
+        &dir,
+        Some(&policy),
+    )
+    .unwrap();
+    let file = dir.join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let header = SafetensorsHeader::parse(&bytes, bytes.len() as u64, "unet").unwrap();
+    let mut declared = std::collections::BTreeMap::new();
+    for (name, entry) in &header.tensors {
+        let key = format!("{QUANT_TYPE_KEY}{name}");
+        assert_eq!(
+            entry.dtype == StorageDType::U8,
+            header.metadata.contains_key(&key),
+            "{name}"
+        );
+        if let Some(ty) = entry.quant {
+            assert_eq!(header.metadata[&key], ty.name(), "{name}");
+            *declared.entry(ty.name()).or_insert(0) += 1;
+        }
+    }
+    eprintln!("declared block tensors: {declared:?}");
+    assert!(declared["q8_0"] > 0 && declared["q4_0"] > 0, "{declared:?}");
+
+    // The same file as written before the declarations existed.
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    json["__metadata__"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| !k.starts_with(QUANT_TYPE_KEY));
+    let mut legacy_header = serde_json::to_vec(&json).unwrap();
+    while legacy_header.len() % 8 != 0 {
+        legacy_header.push(b' ');
+    }
+    let legacy = dir.join("legacy.safetensors");
+    let mut out = (legacy_header.len() as u64).to_le_bytes().to_vec();
+    out.extend(legacy_header);
+    out.extend(&bytes[8 + header_len..]);
+    std::fs::write(&legacy, out).unwrap();
+    let load = |path: &std::path::Path| {
+        let mut store = TensorStore::new(&device(), DType::F32, "unet");
+        store
+            .load_safetensors_file(path, &|n| Some(n.to_string()))
+            .unwrap();
+        store
+    };
+    let (new, old) = (load(&file), load(&legacy));
+    for name in header.tensors.keys() {
+        assert_eq!(new.quant_type(name), old.quant_type(name), "{name}");
+        assert_eq!(new.quant_type(name), header.tensors[name].quant, "{name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `sdweb quantize` output loads as a normal model with its weights still quantised, and
 /// end-to-end images stay near f32 for every scheduler (PSNR printed for the notes).
 #[test]

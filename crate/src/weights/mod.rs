@@ -291,9 +291,10 @@ impl TensorStore {
         self.tensors.get(name).map_or(0, |t| t.shards.len())
     }
 
-    /// Uploads one tensor given as raw little-endian bytes; the bytes can be dropped afterwards.
+    /// Uploads one tensor given as raw little-endian bytes (not quantised blocks); the bytes
+    /// can be dropped afterwards.
     pub fn insert_bytes(&mut self, name: &str, dtype: StorageDType, shape: &[usize], bytes: &[u8]) {
-        let mut pending = self.begin_tensor(name, dtype, shape);
+        let mut pending = self.begin_tensor(name, dtype, shape, None);
         self.push_tensor_bytes(&mut pending, bytes);
         self.finish_tensor(pending);
     }
@@ -305,10 +306,17 @@ impl TensorStore {
 
     /// Starts a tensor whose bytes arrive in pieces ([`Self::push_tensor_bytes`]): each row
     /// shard is uploaded as soon as its bytes are complete, so at most one shard is held in
-    /// memory — what the browser needs for a 150 MB embedding.
-    pub fn begin_tensor(&self, name: &str, dtype: StorageDType, shape: &[usize]) -> PendingTensor {
+    /// memory — what the browser needs for a 150 MB embedding. `blocks`: the tensor is U8
+    /// q8_0/q4_0 blocks `[rows, blocks, block bytes]` (as its file declares).
+    pub fn begin_tensor(
+        &self,
+        name: &str,
+        dtype: StorageDType,
+        shape: &[usize],
+        blocks: Option<QuantType>,
+    ) -> PendingTensor {
         let total_elems: usize = shape.iter().product();
-        let encoding = self.encoding_for(name, dtype, shape);
+        let encoding = self.encoding_for(name, dtype, shape, blocks);
         if let Encoding::DequantizeBlocks(ty) = encoding {
             return self.begin_dequantized_table(name, ty, shape);
         }
@@ -376,17 +384,21 @@ impl TensorStore {
         }
     }
 
-    fn encoding_for(&self, name: &str, dtype: StorageDType, shape: &[usize]) -> Encoding {
-        if dtype == StorageDType::U8 {
-            if let [rows, blocks, block] = *shape {
-                if let Some(ty) = QuantType::from_block_bytes(block) {
-                    let logical = [rows, blocks.saturating_mul(quant::BLOCK)];
-                    if QuantPolicy::is_embedding_table(name, &logical) {
-                        return Encoding::DequantizeBlocks(ty);
-                    }
-                    return Encoding::Blocks(ty);
-                }
+    fn encoding_for(
+        &self,
+        name: &str,
+        dtype: StorageDType,
+        shape: &[usize],
+        blocks: Option<QuantType>,
+    ) -> Encoding {
+        if let (Some(ty), StorageDType::U8, [rows, count, _]) = (blocks, dtype, shape) {
+            let logical = [*rows, count.saturating_mul(quant::BLOCK)];
+            if QuantPolicy::is_embedding_table(name, &logical) {
+                return Encoding::DequantizeBlocks(ty);
             }
+            return Encoding::Blocks(ty);
+        }
+        if dtype == StorageDType::U8 {
             return Encoding::Dense;
         }
         let float = matches!(

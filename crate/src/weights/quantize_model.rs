@@ -11,7 +11,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use super::quant::{self, QuantPolicy, QuantType};
-use super::safetensors::TensorEntry;
+use super::safetensors::{QUANT_TYPE_KEY, TensorEntry};
 use super::stream::{SafetensorsStream, TensorSink};
 use super::{StorageDType, WeightError, to_f32};
 
@@ -168,12 +168,11 @@ impl TensorSink for QuantizeSink {
     // The output header (with every offset) precedes the data, so plan all tensors here.
     fn header(&mut self, entries: &[(Option<String>, TensorEntry)]) -> Result<(), WeightError> {
         let mut json = serde_json::Map::new();
-        json.insert(
-            "__metadata__".into(),
-            serde_json::json!({
-                "format": "pt",
-                "sdweb.quantization": "U8 [rows, blocks, 34|18] tensors are GGUF q8_0|q4_0 blocks of the row-major [rows, row length] weight",
-            }),
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("format".into(), "pt".into());
+        metadata.insert(
+            "sdweb.quantization".into(),
+            format!("each {QUANT_TYPE_KEY}<tensor> names the GGUF blocks (q8_0: 34 bytes, q4_0: 18) that U8 tensor [rows, blocks, block bytes] holds of the row-major [rows, row length] weight").into(),
         );
         let mut offset = 0u64;
         for (name, entry) in entries {
@@ -210,6 +209,15 @@ impl TensorSink for QuantizeSink {
                     entry.end - entry.begin,
                 ),
             };
+            // Blocks copied from an input that is quantised already stay declared.
+            let blocks = match output {
+                Output::Blocks(ty) => Some(ty),
+                Output::Copy => entry.quant,
+                Output::F16 => None,
+            };
+            if let Some(ty) = blocks {
+                metadata.insert(format!("{QUANT_TYPE_KEY}{name}"), ty.name().into());
+            }
             let kind = match output {
                 Output::Blocks(ty) => ty.name().to_string(),
                 _ => dtype.to_ascii_lowercase(),
@@ -222,6 +230,7 @@ impl TensorSink for QuantizeSink {
             offset += bytes;
             self.outputs.insert(name.clone(), output);
         }
+        json.insert("__metadata__".into(), metadata.into());
         let mut header =
             serde_json::to_vec(&serde_json::Value::Object(json)).expect("a JSON map serialises");
         while header.len() % 8 != 0 {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 
-use super::{StorageDType, WeightError};
+use super::{QuantType, StorageDType, WeightError};
 
 /// Header sizes above this are refused: real headers are well under 1 MB.
 const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
@@ -19,7 +19,15 @@ pub struct TensorEntry {
     /// Byte range relative to the start of the data section.
     pub begin: u64,
     pub end: u64,
+    /// GGUF q8_0/q4_0 blocks (U8 `[rows, blocks, block bytes]`) of a `[rows, row length]`
+    /// weight: as the file declares it (see [`QUANT_TYPE_KEY`]).
+    pub quant: Option<QuantType>,
 }
+
+/// `__metadata__` key prefix declaring a tensor's quantisation type, as sdweb's q8_0/q4_0
+/// copies write it: `"sdweb.quant_type.<tensor name>": "q8_0"`. Files without any such key
+/// (written before it existed) have every U8 `[rows, blocks, 34 | 18]` tensor read as blocks.
+pub const QUANT_TYPE_KEY: &str = "sdweb.quant_type.";
 
 #[derive(Clone, Debug)]
 pub struct SafetensorsHeader {
@@ -83,6 +91,7 @@ impl SafetensorsHeader {
             tensors.insert(name.clone(), entry);
         }
         check_no_overlap(&tensors).map_err(bad)?;
+        assign_quant_types(&mut tensors, &metadata).map_err(bad)?;
         Ok(Self {
             tensors,
             data_start,
@@ -197,7 +206,52 @@ fn parse_entry(name: &str, value: &serde_json::Value) -> Result<TensorEntry, Str
         shape,
         begin,
         end,
+        quant: None,
     })
+}
+
+/// Sets each entry's [`TensorEntry::quant`] from the metadata's declarations, checking each
+/// against the tensor's storage; without declarations, by the block size of U8 tensors.
+fn assign_quant_types(
+    tensors: &mut BTreeMap<String, TensorEntry>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let declared: Vec<(&str, &str)> = metadata
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(QUANT_TYPE_KEY)?, v.as_str())))
+        .collect();
+    if declared.is_empty() {
+        for entry in tensors.values_mut() {
+            entry.quant = match (entry.dtype, entry.shape.as_slice()) {
+                (StorageDType::U8, [_, _, block]) => QuantType::from_block_bytes(*block),
+                _ => None,
+            };
+        }
+        return Ok(());
+    }
+    for (name, type_name) in declared {
+        let ty = QuantType::parse(type_name).ok_or_else(|| {
+            format!("__metadata__ declares tensor {name} as {type_name:?}, not q8_0 or q4_0")
+        })?;
+        let entry = tensors.get_mut(name).ok_or_else(|| {
+            format!(
+                "__metadata__ declares a {} tensor {name} the file does not have",
+                ty.name()
+            )
+        })?;
+        let blocks = matches!(entry.shape.as_slice(), [_, _, b] if *b == ty.block_bytes());
+        if entry.dtype != StorageDType::U8 || !blocks {
+            return Err(format!(
+                "tensor {name} is declared {} but is {:?} {:?}, not U8 [rows, blocks, {}]",
+                ty.name(),
+                entry.dtype,
+                entry.shape,
+                ty.block_bytes()
+            ));
+        }
+        entry.quant = Some(ty);
+    }
+    Ok(())
 }
 
 fn check_no_overlap(tensors: &BTreeMap<String, TensorEntry>) -> Result<(), String> {
@@ -242,6 +296,43 @@ mod tests {
         let h = parse(&f).unwrap();
         assert_eq!(h.tensors["a"].shape, vec![2, 3]);
         assert_eq!(h.metadata["format"], "pt");
+    }
+
+    /// A U8 [2, 1, 34] tensor `q` and an identical `raw`; `meta`: the __metadata__ entries.
+    fn blocks_file(meta: &str) -> Vec<u8> {
+        let header = format!(
+            r#"{{"q":{{"dtype":"U8","shape":[2,1,34],"data_offsets":[0,68]}},"raw":{{"dtype":"U8","shape":[2,1,34],"data_offsets":[68,136]}},"__metadata__":{{{meta}}}}}"#
+        );
+        file_with(&header, 136)
+    }
+
+    #[test]
+    fn quantised_tensors_are_what_the_metadata_declares() {
+        let h = parse(&blocks_file(r#""sdweb.quant_type.q":"q8_0""#)).unwrap();
+        assert_eq!(h.tensors["q"].quant, Some(QuantType::Q8_0));
+        assert_eq!(h.tensors["raw"].quant, None, "undeclared U8 stays bytes");
+        // Files from before the declarations: every U8 tensor of 34/18-byte rows is blocks.
+        let legacy = parse(&blocks_file(r#""format":"pt""#)).unwrap();
+        assert_eq!(legacy.tensors["q"].quant, Some(QuantType::Q8_0));
+        assert_eq!(legacy.tensors["raw"].quant, Some(QuantType::Q8_0));
+        let wrong = [
+            (
+                r#""sdweb.quant_type.q":"q4_0""#,
+                "tensor q is declared q4_0 but is U8 [2, 1, 34], not U8 [rows, blocks, 18]",
+            ),
+            (
+                r#""sdweb.quant_type.gone":"q8_0""#,
+                "declares a q8_0 tensor gone the file does not have",
+            ),
+            (
+                r#""sdweb.quant_type.q":"q5_k""#,
+                "declares tensor q as \"q5_k\", not q8_0 or q4_0",
+            ),
+        ];
+        for (meta, expected) in wrong {
+            let err = parse(&blocks_file(meta)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{meta}: {err}");
+        }
     }
 
     #[test]

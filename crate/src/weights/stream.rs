@@ -23,7 +23,7 @@ pub trait TensorSink {
 impl TensorSink for TensorStore {
     type Pending = PendingTensor;
     fn begin(&mut self, name: &str, entry: &TensorEntry) -> PendingTensor {
-        self.begin_tensor(name, entry.dtype, &entry.shape)
+        self.begin_tensor(name, entry.dtype, &entry.shape, entry.quant)
     }
     fn push(&mut self, pending: &mut PendingTensor, bytes: &[u8]) {
         self.push_tensor_bytes(pending, bytes)
