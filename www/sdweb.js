@@ -86,11 +86,45 @@ function revisionOf(model) {
  * @property {(event: ProgressEvent) => void} [onProgress]
  * @property {'auto' | 'f32' | 'f16'} [precision]
  * @property {'q8_0' | 'q4_0'} [quantize]
+ * @property {'sdweb' | 'burn'} [kernels] which kernels the hot ops run (default sdweb's own WGSL
+ *   kernels; burn's ops are the reference they are tested against)
  * @property {string} [revision]
  * @property {string} [taesd] base URL of a TAESD repository
  * @property {boolean} [portable]
  *
- * @typedef {{ type: string, [key: string]: any }} ProgressEvent
+ * @typedef {{ type: 'download' | 'quantize', file: string, loaded: number, total: number }
+ *   | { type: 'load', file: string, index: number, count: number, loaded: number, total: number }
+ *   | { type: 'compile' } | { type: 'compiled', pipelines: number, ms: number }
+ *   | { type: 'step', step: number, steps: number, ms: number }
+ *   | { type: 'preview', step: number, steps: number, width: number, height: number, pixels: Uint8ClampedArray }
+ *   | { type: 'decode' } | { type: 'done' } | { type: 'warning', message: string }
+ *   | { type: 'restart', reason: string }} ProgressEvent
+ *
+ * @typedef {object} Timings per-stage wall times (ms, GPU work included) and GPU dispatch counts
+ * @property {number} tokenizeMs
+ * @property {number} compileMs the compile pass before the first step (0 when already compiled)
+ * @property {number} compiledPipelines
+ * @property {number} textEncoderMs
+ * @property {number} textEncoderDispatches
+ * @property {number[]} unetStepsMs
+ * @property {number[]} unetStepDispatches
+ * @property {number} vaeDecodeMs
+ * @property {number} vaeDecodeDispatches
+ * @property {number} totalMs
+ *
+ * @typedef {object} GeneratorInfo
+ * @property {string} model base URL
+ * @property {string} name
+ * @property {number} steps recommended steps
+ * @property {number} guidance recommended guidance
+ * @property {number} width native size
+ * @property {number} height
+ * @property {number} sizeMultiple sizes must be multiples of this
+ * @property {string} scheduler the model's own scheduler
+ * @property {boolean} f16 computes in f16
+ * @property {'sdweb' | 'burn'} kernels
+ * @property {string[]} adapterFeatures
+ * @property {readonly string[]} schedulers
  *
  * @typedef {object} GenerateOptions
  * @property {string} [prompt]
@@ -115,12 +149,12 @@ function revisionOf(model) {
  * @property {number} seed
  * @property {string} scheduler
  * @property {string} parameters
- * @property {Record<string, any>} timings
+ * @property {Timings} timings
  * @property {'txt2img' | 'img2img' | 'inpaint'} mode
  * @property {number | null} strength
  *
  * @typedef {object} Generator
- * @property {Record<string, any>} info
+ * @property {GeneratorInfo} info
  * @property {(options?: GenerateOptions) => Promise<GenerateResult>} generate
  * @property {() => void} simulateDeviceLoss
  * @property {() => void} dispose
@@ -129,7 +163,7 @@ function revisionOf(model) {
 /**
  * Loads a model in a new worker. Options: model (base URL), onProgress(event),
  * precision ('auto' | 'f32' | 'f16'), quantize ('q8_0' | 'q4_0': layer weights quantised as they
- * load and kept quantised on the GPU; see WEIGHT_FORMATS), revision (cache key; default from the URL or 'main'),
+ * load and kept quantised on the GPU; see WEIGHT_FORMATS), kernels ('sdweb' | 'burn'), revision (cache key; default from the URL or 'main'),
  * taesd (base URL of a TAESD repository, e.g. madebyollin/taesd: image-sized step previews),
  * portable (true: run as on an adapter with neither `subgroups` nor `shader-f16`, f32 everywhere,
  * which is what Safari and Firefox offer; sdweb's kernels need neither).
@@ -138,7 +172,7 @@ function revisionOf(model) {
  * @param {GeneratorOptions} options
  * @returns {Promise<Generator>}
  */
-export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', quantize, revision, taesd, portable = false } = /** @type {GeneratorOptions} */ ({})) {
+export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', quantize, kernels, revision, taesd, portable = false } = /** @type {GeneratorOptions} */ ({})) {
   if (!model) throw new Error('createGenerator: `model` (the base URL of a diffusers repository) is required');
   const gpu = await checkWebGPU();
   if (!gpu.ok) throw new Error(gpu.reason);
@@ -147,7 +181,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
   globalThis.navigator?.storage?.persist?.().catch(() => {});
 
   const taesdUrl = taesd ? new URL(String(taesd).replace(/\/+$/, ''), globalThis.document?.baseURI ?? globalThis.location?.href).href : undefined;
-  const loadRequest = { op: 'load', model: base, revision: revision ?? revisionOf(base), precision, quantize, taesd: taesdUrl, portable };
+  const loadRequest = { op: 'load', model: base, revision: revision ?? revisionOf(base), precision, quantize, kernels, taesd: taesdUrl, portable };
   let session = await openSession(loadRequest, onProgress);
   const info = { ...session.info, model: base, schedulers: SCHEDULERS };
   let busy = false;

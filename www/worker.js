@@ -192,14 +192,14 @@ async function planLoad(repo, taesdRepo, quantize) {
   const slow = async (optional) => {
     const vocab = await repo.pick([vocabPath], { optional });
     const merges = vocab && (await repo.pick([mergesPath], { optional }));
-    return vocab && merges ? { vocab_json: vocab, merges_txt: merges } : null;
+    return vocab && merges ? { vocabJson: vocab, mergesTxt: merges } : null;
   };
-  const cachedSlow = await slow(true).then((files) => (files?.vocab_json.cached && files.merges_txt.cached ? files : null));
+  const cachedSlow = await slow(true).then((files) => (files?.vocabJson.cached && files.mergesTxt.cached ? files : null));
   const fast = cachedSlow ? null : await repo.pick([layout.tokenizerJson], { optional: true });
-  const tokenizer = cachedSlow ?? (fast ? { tokenizer_json: fast } : await slow(false));
+  const tokenizer = cachedSlow ?? (fast ? { tokenizerJson: fast } : await slow(false));
   const [configPath, specialTokensPath] = layout.tokenizerOptional;
-  tokenizer.tokenizer_config_json = await repo.pick([configPath], { optional: true });
-  tokenizer.special_tokens_map_json = await repo.pick([specialTokensPath], { optional: true });
+  tokenizer.tokenizerConfigJson = await repo.pick([configPath], { optional: true });
+  tokenizer.specialTokensMapJson = await repo.pick([specialTokensPath], { optional: true });
   for (const [key, file] of Object.entries(tokenizer)) if (add(file)) plan.tokenizer[key] = file.path;
 
   for (const { name: component, config, weights, quantizedCopy } of layout.components) {
@@ -248,7 +248,7 @@ async function checkSpaceFor(cache, plan, name, quantize) {
   await cache.checkSpace(peakStorage(plan), name, detail);
 }
 
-async function load({ model, revision, precision, quantize, taesd, portable }, progress) {
+async function load({ model, revision, precision, quantize, kernels, taesd, portable }, progress) {
   if (generator) { generator.free(); generator = null; }
   hiddenFeatures = new Set(portable ? ['subgroups', 'shader-f16'] : []);
   const cache = await ModelCache.open();
@@ -283,26 +283,26 @@ async function load({ model, revision, precision, quantize, taesd, portable }, p
     preview = { config: await taesdRepo.text(config.path), url: taesdRepo.url(weights.path), size: (await cache.info(taesdRepo.url(weights.path), revision)).size };
   }
 
-  const loader = await ModelLoader.create(base.split('/').filter(Boolean).pop() ?? base, precision ?? 'auto', quantize ?? undefined);
+  const loader = await ModelLoader.create(base.split('/').filter(Boolean).pop() ?? base, { precision, quantize, kernels });
   try {
     const bytes = async (path) => (path ? cache.bytes(url(path), revision) : undefined);
-    loader.set_tokenizer(
-      await bytes(tokenizerFiles.tokenizer_json), await bytes(tokenizerFiles.vocab_json), await bytes(tokenizerFiles.merges_txt),
-      await bytes(tokenizerFiles.tokenizer_config_json), await bytes(tokenizerFiles.special_tokens_map_json));
-    loader.set_scheduler_config(await cache.text(url(plan.layout.schedulerConfig), revision));
+    loader.setTokenizer(
+      await bytes(tokenizerFiles.tokenizerJson), await bytes(tokenizerFiles.vocabJson), await bytes(tokenizerFiles.mergesTxt),
+      await bytes(tokenizerFiles.tokenizerConfigJson), await bytes(tokenizerFiles.specialTokensMapJson));
+    loader.setSchedulerConfig(await cache.text(url(plan.layout.schedulerConfig), revision));
     let fileIndex = 0;
     const components = Object.keys(weights);
     for (const component of components) {
       const { path, size, config } = weights[component];
       progress({ type: 'load', file: path, index: fileIndex++, count: components.length, loaded: 0, total: size });
-      loader.begin_weights(component, await cache.text(url(config), revision), path, size);
+      loader.beginWeights(component, await cache.text(url(config), revision), path, size);
       let loaded = 0;
       try {
         for await (const chunk of cache.chunks(url(path), revision)) {
-          loader.push_weights(chunk);
+          loader.pushWeights(chunk);
           loaded += chunk.length;
         }
-        loader.end_weights();
+        loader.endWeights();
       } catch (e) {
         // A file that parses wrong is not kept: the next load downloads it again.
         if (e?.code === 'malformed-weights') {
@@ -315,16 +315,16 @@ async function load({ model, revision, precision, quantize, taesd, portable }, p
     if (preview) {
       const file = `taesd/${plan.layout.previewWeights}`;
       progress({ type: 'load', file, index: fileIndex, count: components.length + 1, loaded: 0, total: preview.size });
-      loader.begin_weights('taesd', preview.config, file, preview.size);
-      for await (const chunk of cache.chunks(preview.url, revision)) loader.push_weights(chunk);
-      loader.end_weights();
+      loader.beginWeights('taesd', preview.config, file, preview.size);
+      for await (const chunk of cache.chunks(preview.url, revision)) loader.pushWeights(chunk);
+      loader.endWeights();
     }
     generator = loader.build();
   } finally {
     loader.free();
   }
   cache.close();
-  info = { model, ...JSON.parse(generator.info()), adapterFeatures: await adapterFeatures() };
+  info = { model, ...generator.info(), adapterFeatures: await adapterFeatures() };
   return info;
 }
 
@@ -347,8 +347,7 @@ function pixelsOf(bitmap) {
 
 async function generate({ initImage, mask, ...request }, progress) {
   if (!generator) throw new Error('no model is loaded');
-  const onEvent = (json, pixels) => {
-    const event = JSON.parse(json);
+  const onEvent = (event, pixels) => {
     if (event.type === 'compiling') {
       progress({ type: 'compile' });
     } else if (event.type === 'compiled') {
@@ -364,11 +363,8 @@ async function generate({ initImage, mask, ...request }, progress) {
   };
   const init = pixelsOf(initImage);
   const maskPixels = pixelsOf(mask);
-  const out = await generator.generate(JSON.stringify({ ...request, initImageSize: init.size, maskSize: maskPixels.size }),
+  const out = await generator.generate({ ...request, initImageSize: init.size, maskSize: maskPixels.size },
     init.pixels, maskPixels.pixels, onEvent);
   progress({ type: 'done' });
-  return {
-    png: out.png, width: out.width, height: out.height, seed: out.seed, scheduler: out.scheduler,
-    parameters: out.parameters, timings: JSON.parse(out.timings), mode: out.mode, strength: out.strength,
-  };
+  return out;
 }

@@ -17,7 +17,9 @@ use crate::config::{ConfigError, ConfigReader};
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
-use crate::pipeline::{PipelineError, StableDiffusion};
+use crate::pipeline::{
+    ComponentConfig, ComponentLoad, LoadOptions, PipelineBuilder, PipelineError, StableDiffusion,
+};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::gguf::{GGUF_MAGIC, GgufFile};
@@ -26,7 +28,7 @@ use crate::weights::ldm_keys::{
     UNET_PREFIX, VAE_PREFIX, ldm_to_diffusers,
 };
 use crate::weights::safetensors::SafetensorsHeader;
-use crate::weights::{QuantPolicy, QuantType, TensorStore, WeightError, to_f32};
+use crate::weights::{QuantPolicy, QuantType, WeightError, to_f32};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointFormat {
@@ -79,9 +81,9 @@ impl BaseFolder {
 
 /// The three models' weights from one checkpoint, under diffusers names.
 pub struct SingleFileStores {
-    pub text_encoder: TensorStore,
-    pub unet: TensorStore,
-    pub vae: TensorStore,
+    pub text_encoder: ComponentLoad,
+    pub unet: ComponentLoad,
+    pub vae: ComponentLoad,
     pub map: LdmKeyMap,
     pub report: SingleFileReport,
     file: String,
@@ -96,45 +98,34 @@ pub fn load_single_file(
     device: &Device,
     dtype: DType,
 ) -> Result<StableDiffusion, PipelineError> {
-    load_single_file_with_report(path, base, device, dtype, None).map(|(model, _)| model)
+    load_single_file_with_report(path, base, device, dtype, LoadOptions::default())
+        .map(|(model, _)| model)
 }
 
-/// [`load_single_file`], also returning what was used and ignored; `quantization` quantises
-/// float weights on load (GGUF q8_0/q4_0 weights stay quantised either way).
+/// [`load_single_file`] with quantisation and kernels as `options` say (GGUF q8_0/q4_0
+/// weights stay quantised either way), also returning what was used and ignored.
 pub fn load_single_file_with_report(
     path: &Path,
     base: &Path,
     device: &Device,
     dtype: DType,
-    quantization: Option<&QuantPolicy>,
+    options: LoadOptions,
 ) -> Result<(StableDiffusion, SingleFileReport), PipelineError> {
     let base = BaseFolder::read(base)?;
     let file = path.display().to_string();
-    let mut reader =
-        BufReader::new(std::fs::File::open(path).map_err(|e| WeightError::io(&file, e))?);
-    let stores = read_single_file(&mut reader, &file, &base, device, dtype, quantization)?;
-    let text_encoder = stores.build_text_encoder(base.text_encoder.clone())?;
-    let unet = stores.build_unet(base.unet.clone())?;
-    let vae = stores.build_vae(base.vae.clone(), true)?;
-    let report = stores.report.clone();
-    drop(stores);
     let name = path
         .file_stem()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| file.clone());
-    let model = StableDiffusion {
-        name,
-        tokenizer: base.tokenizer,
-        text_encoder,
-        unet,
-        vae,
-        scheduler_config: base.scheduler,
-        device: device.clone(),
-        dtype,
-        preview_decoder: None,
-        compiled: Default::default(),
-    };
-    Ok((model, report))
+    let mut builder = PipelineBuilder::new(name, device, dtype).with_options(options);
+    let mut reader =
+        BufReader::new(std::fs::File::open(path).map_err(|e| WeightError::io(&file, e))?);
+    let stores = read_single_file(&mut reader, &file, &base, &builder)?;
+    let report = stores.report.clone();
+    stores.finish_into(&mut builder)?;
+    builder.set_tokenizer(base.tokenizer);
+    builder.set_scheduler(base.scheduler);
+    Ok((builder.build()?, report))
 }
 
 /// Which format a file is in, from its first bytes.
@@ -163,33 +154,28 @@ pub fn detect_format<R: Read + Seek>(
     })
 }
 
-/// Streams a checkpoint once into three [`TensorStore`]s (the VAE's in f32 when its config
-/// says `force_upcast`, as [`StableDiffusion::load`] does).
+/// Streams a checkpoint once into the text encoder's, UNet's and VAE's stores, opened by
+/// `builder` as a folder load opens them (dtype, force_upcast VAE, quantisation, kernels).
 pub fn read_single_file<R: Read + Seek>(
     reader: &mut R,
     file: &str,
     base: &BaseFolder,
-    device: &Device,
-    dtype: DType,
-    quantization: Option<&QuantPolicy>,
+    builder: &PipelineBuilder,
 ) -> Result<SingleFileStores, WeightError> {
     let format = detect_format(reader, file)?;
-    let desc = |c: Component| format!("{file} ({} of a single-file checkpoint)", c.folder());
-    let vae_dtype = base.vae.compute_dtype(dtype);
-    let mut stores = [
-        TensorStore::new(device, dtype, desc(Component::TextEncoder)),
-        TensorStore::new(device, dtype, desc(Component::Unet)),
-        TensorStore::new(device, vae_dtype, desc(Component::Vae)),
+    let open = |config: ComponentConfig| {
+        let desc = format!(
+            "{file} ({} of a single-file checkpoint)",
+            config.component().folder()
+        );
+        builder.begin_parsed(config, &desc)
+    };
+    let loads = [
+        open(ComponentConfig::TextEncoder(base.text_encoder.clone())),
+        open(ComponentConfig::Unet(base.unet.clone())),
+        open(ComponentConfig::Vae(base.vae.clone())),
     ];
-    if let Some(policy) = quantization {
-        for (store, c) in
-            stores
-                .iter_mut()
-                .zip([Component::TextEncoder, Component::Unet, Component::Vae])
-        {
-            store.set_quantization(policy.clone(), c.folder());
-        }
-    }
+    let mut stores = loads;
     let index = |c: Component| match c {
         Component::TextEncoder => 0,
         Component::Unet => 1,
@@ -224,7 +210,7 @@ pub fn read_single_file<R: Read + Seek>(
                 if let [pair] = pairs.as_slice()
                     && pair.transform == Transform::Identity
                 {
-                    stores[index(pair.component)].insert_bytes(
+                    stores[index(pair.component)].store.insert_bytes(
                         &pair.diffusers,
                         entry.dtype,
                         &entry.shape,
@@ -237,7 +223,7 @@ pub fn read_single_file<R: Read + Seek>(
                 for pair in pairs {
                     let (shape, range) = ldm_to_diffusers(pair.transform, &entry.shape)
                         .map_err(|why| bad(name, why))?;
-                    stores[index(pair.component)].insert_f32(
+                    stores[index(pair.component)].store.insert_f32(
                         &pair.diffusers,
                         &shape,
                         values[range].to_vec(),
@@ -268,6 +254,7 @@ pub fn read_single_file<R: Read + Seek>(
                 {
                     let bytes = gguf.read_raw(reader, info, file)?;
                     stores[index(pair.component)]
+                        .store
                         .insert_blocks(&pair.diffusers, ty, &info.shape, &bytes)
                         .map_err(|why| bad(&info.name, why))?;
                     continue;
@@ -276,13 +263,17 @@ pub fn read_single_file<R: Read + Seek>(
                 if let [pair] = pairs.as_slice()
                     && pair.transform == Transform::Identity
                 {
-                    stores[index(pair.component)].insert_f32(&pair.diffusers, &info.shape, values);
+                    stores[index(pair.component)].store.insert_f32(
+                        &pair.diffusers,
+                        &info.shape,
+                        values,
+                    );
                     continue;
                 }
                 for pair in pairs {
                     let (shape, range) = ldm_to_diffusers(pair.transform, &info.shape)
                         .map_err(|why| bad(&info.name, why))?;
-                    stores[index(pair.component)].insert_f32(
+                    stores[index(pair.component)].store.insert_f32(
                         &pair.diffusers,
                         &shape,
                         values[range].to_vec(),
@@ -311,7 +302,7 @@ pub fn read_single_file<R: Read + Seek>(
 
 impl SingleFileStores {
     pub fn build_text_encoder(&self, config: ClipTextConfig) -> Result<ClipTextModel, WeightError> {
-        ClipTextModel::load(&self.text_encoder.root(), config)
+        ClipTextModel::load(&self.text_encoder.store.root(), config)
             .map_err(|e| self.explain(e, Component::TextEncoder))
     }
 
@@ -319,7 +310,7 @@ impl SingleFileStores {
         &self,
         config: UNet2DConditionConfig,
     ) -> Result<UNet2DConditionModel, WeightError> {
-        UNet2DConditionModel::load(&self.unet.root(), config)
+        UNet2DConditionModel::load(&self.unet.store.root(), config)
             .map_err(|e| self.explain(e, Component::Unet))
     }
 
@@ -328,66 +319,101 @@ impl SingleFileStores {
         config: AutoencoderKLConfig,
         with_encoder: bool,
     ) -> Result<AutoencoderKL, WeightError> {
-        AutoencoderKL::load(&self.vae.root(), config, with_encoder)
+        AutoencoderKL::load(&self.vae.store.root(), config, with_encoder)
             .map_err(|e| self.explain(e, Component::Vae))
     }
 
-    /// Names the LDM tensor behind a missing or misshapen diffusers tensor, and how many
-    /// checkpoint tensors of that model matched nothing (a sign `base` is the wrong model).
-    fn explain(&self, error: WeightError, component: Component) -> WeightError {
-        let ldm = |name: &str| match self.map.to_ldm(component, name) {
-            Some(KeyPair {
-                ldm,
-                transform: Transform::QkvPart(part),
-                ..
-            }) => format!("{ldm} (its {} third)", ["q", "k", "v"][(*part).min(2)]),
-            Some(pair) => pair.ldm.clone(),
-            None => "none (no LDM counterpart known)".into(),
-        };
-        let prefixes: &[&str] = match component {
-            Component::Unet => &[UNET_PREFIX],
-            Component::Vae => &[VAE_PREFIX],
-            Component::TextEncoder => &[CLIP_PREFIX, OPEN_CLIP_PREFIX],
-        };
-        let unmatched = self
-            .report
-            .ignored
-            .iter()
-            .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
-            .count();
-        let hint = if unmatched > 0 {
-            format!(
-                "; {unmatched} {} tensors of the checkpoint match nothing in the {} config: does the base folder fit this checkpoint?",
-                component.folder(),
-                component.folder()
-            )
-        } else {
-            String::new()
-        };
-        match error {
-            WeightError::Missing { name, expected, .. } => WeightError::Missing {
-                source_desc: format!(
-                    "{} (single-file checkpoint; LDM name {}){hint}",
-                    self.file,
-                    ldm(&name)
-                ),
-                name,
-                expected,
-            },
-            WeightError::Shape {
-                name,
-                expected,
-                found,
-                ..
-            } => WeightError::Malformed {
-                file: self.file.clone(),
-                why: format!(
-                    "tensor {} (diffusers {} {name}) has shape {found:?}, the config expects {expected:?}{hint}",
-                    ldm(&name),
-                    component.folder()
-                ),
-            },
-            other => other,
+    /// Builds the three models into `builder` (each store dropped once its model is built).
+    pub fn finish_into(self, builder: &mut PipelineBuilder) -> Result<(), PipelineError> {
+        let Self {
+            text_encoder,
+            unet,
+            vae,
+            map,
+            report,
+            file,
+        } = self;
+        let loads = [
+            (Component::TextEncoder, text_encoder),
+            (Component::Unet, unet),
+            (Component::Vae, vae),
+        ];
+        for (component, load) in loads {
+            builder.finish_component(load).map_err(|e| match e {
+                PipelineError::Weights(w) => {
+                    PipelineError::Weights(explain(&map, &file, &report, w, component))
+                }
+                other => other,
+            })?;
         }
+        Ok(())
+    }
+
+    fn explain(&self, error: WeightError, component: Component) -> WeightError {
+        explain(&self.map, &self.file, &self.report, error, component)
+    }
+}
+
+/// Names the LDM tensor behind a missing or misshapen diffusers tensor, and how many
+/// checkpoint tensors of that model matched nothing (a sign `base` is the wrong model).
+fn explain(
+    map: &LdmKeyMap,
+    file: &str,
+    report: &SingleFileReport,
+    error: WeightError,
+    component: Component,
+) -> WeightError {
+    let ldm = |name: &str| match map.to_ldm(component, name) {
+        Some(KeyPair {
+            ldm,
+            transform: Transform::QkvPart(part),
+            ..
+        }) => format!("{ldm} (its {} third)", ["q", "k", "v"][(*part).min(2)]),
+        Some(pair) => pair.ldm.clone(),
+        None => "none (no LDM counterpart known)".into(),
+    };
+    let prefixes: &[&str] = match component {
+        Component::Unet => &[UNET_PREFIX],
+        Component::Vae => &[VAE_PREFIX],
+        Component::TextEncoder => &[CLIP_PREFIX, OPEN_CLIP_PREFIX],
+    };
+    let unmatched = report
+        .ignored
+        .iter()
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        .count();
+    let hint = if unmatched > 0 {
+        format!(
+            "; {unmatched} {} tensors of the checkpoint match nothing in the {} config: does the base folder fit this checkpoint?",
+            component.folder(),
+            component.folder()
+        )
+    } else {
+        String::new()
+    };
+    match error {
+        WeightError::Missing { name, expected, .. } => WeightError::Missing {
+            source_desc: format!(
+                "{} (single-file checkpoint; LDM name {}){hint}",
+                file,
+                ldm(&name)
+            ),
+            name,
+            expected,
+        },
+        WeightError::Shape {
+            name,
+            expected,
+            found,
+            ..
+        } => WeightError::Malformed {
+            file: file.to_string(),
+            why: format!(
+                "tensor {} (diffusers {} {name}) has shape {found:?}, the config expects {expected:?}{hint}",
+                ldm(&name),
+                component.folder()
+            ),
+        },
+        other => other,
     }
 }

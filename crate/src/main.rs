@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 
 use sdweb::kernels::KernelPolicy;
 use sdweb::options::Precision;
-use sdweb::pipeline::{GenerateRequest, InitImage, Progress, StableDiffusion, StdClock};
+use sdweb::pipeline::{
+    GenerateRequest, InitImage, LoadOptions, Progress, StableDiffusion, StdClock,
+};
 use sdweb::png_meta::{GenerationParams, encode_png};
 use sdweb::schedulers::SchedulerKind;
 use sdweb::weights::{QuantPolicy, QuantType};
@@ -316,7 +318,6 @@ fn run(
         .map_err(|e| format!("no usable GPU adapter: {e:?}"))?;
     let dtype = opts.precision.resolve(device.supports_dtype(DType::F16))?;
     eprintln!("compute precision: {dtype:?}");
-    sdweb::kernels::set_policy(opts.kernels);
     let model = load_model(opts, &device, dtype)?;
     let weight_bytes = reserved_bytes(&device);
     let load_ms = clock_ms(&clock) - t0;
@@ -358,7 +359,7 @@ fn run(
 
     if let Some(path) = output {
         let noise_source = opts.init_noise.as_deref().map(file_name);
-        let params = request.a1111_parameters(out.scheduler, &model.name, noise_source.as_deref());
+        let params = request.a1111_parameters(out.scheduler, model.name(), noise_source.as_deref());
         let png = encode_png(&out.rgb, out.width as u32, out.height as u32, &params)?;
         sdweb::files::write_atomically(path, &png)?;
         eprintln!("wrote {}", path.display());
@@ -389,10 +390,13 @@ fn load_model(
     device: &Device,
     dtype: DType,
 ) -> Result<StableDiffusion, Box<dyn std::error::Error>> {
-    let policy = opts
-        .quantize
-        .map(|to| QuantPolicy::new(to).with_overrides(&opts.quant_override))
-        .transpose()?;
+    let options = LoadOptions {
+        quantization: opts
+            .quantize
+            .map(|to| QuantPolicy::new(to).with_overrides(&opts.quant_override))
+            .transpose()?,
+        kernels: opts.kernels,
+    };
     let mut model = match &opts.checkpoint {
         Some(file) => {
             let (model, report) = sdweb::checkpoint::load_single_file_with_report(
@@ -400,7 +404,7 @@ fn load_model(
                 &opts.model,
                 device,
                 dtype,
-                policy.as_ref(),
+                options,
             )?;
             eprintln!(
                 "{}: {} tensors used, {} ignored, storage {:?}",
@@ -411,7 +415,7 @@ fn load_model(
             );
             model
         }
-        None => StableDiffusion::load_quantized(&opts.model, device, dtype, policy)?,
+        None => StableDiffusion::load_with(&opts.model, device, dtype, options)?,
     };
     if let Some(dir) = &opts.taesd {
         model.load_preview_decoder(dir)?;
@@ -470,7 +474,7 @@ fn read_init_noise(
     let (shape, values) =
         sdweb::npy::read_npy_f32(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let f = model.vae_scale_factor();
-    let expected = [1, model.unet.config().in_channels, height / f, width / f];
+    let expected = [1, model.unet().config().in_channels, height / f, width / f];
     if shape != expected {
         return Err(format!(
             "{}: shape {shape:?}, expected {expected:?} for {width}x{height}",

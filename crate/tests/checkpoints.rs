@@ -18,14 +18,16 @@ use sdweb::checkpoint::{
 use sdweb::models::autoencoder_kl::AutoencoderKL;
 use sdweb::models::clip_text_model::ClipTextModel;
 use sdweb::models::unet_2d_condition::UNet2DConditionModel;
-use sdweb::pipeline::{GenerateRequest, StableDiffusion, StdClock};
+use sdweb::pipeline::{
+    ComponentConfig, GenerateRequest, LoadOptions, PipelineBuilder, StableDiffusion, StdClock,
+};
 use sdweb::schedulers::SchedulerKind;
 use sdweb::weights::gguf::{GgufFile, MetadataValue};
 use sdweb::weights::ldm_keys::{
     Component, LdmKeyMap, TextEncoderLayout, Transform, diffusers_to_ldm_shape,
 };
 use sdweb::weights::safetensors::SafetensorsHeader;
-use sdweb::weights::{StorageDType, TensorStore, find_component_file, to_f32};
+use sdweb::weights::{StorageDType, find_component_file, to_f32};
 
 // ---------------------------------------------------------------------------------------------
 // Largest allocation made by the current thread (malformed inputs must not allocate much).
@@ -455,9 +457,7 @@ fn single_file_safetensors_and_gguf_match_the_folder_references() {
             &mut reader,
             &path.display().to_string(),
             &b,
-            &d,
-            DType::F32,
-            None,
+            &PipelineBuilder::new(file, &d, DType::F32),
         )
         .unwrap();
         let report = &stores.report;
@@ -480,7 +480,11 @@ fn single_file_safetensors_and_gguf_match_the_folder_references() {
         let unet = stores.build_unet(b.unet.clone()).unwrap();
         let te = stores.build_text_encoder(b.text_encoder.clone()).unwrap();
         let vae = stores.build_vae(b.vae.clone(), true).unwrap();
-        for store in [&stores.unet, &stores.text_encoder, &stores.vae] {
+        for store in [
+            &stores.unet.store,
+            &stores.text_encoder.store,
+            &stores.vae.store,
+        ] {
             assert!(
                 store.unused().is_empty(),
                 "{file}: unused {:?}",
@@ -576,7 +580,7 @@ fn sd2_openclip_layout_round_trips_through_a_single_file() {
         &fixtures().join("sd2_tiny"),
         &device(),
         DType::F32,
-        None,
+        LoadOptions::default(),
     )
     .unwrap();
     assert_eq!(report.layout, TextEncoderLayout::OpenClip);
@@ -584,19 +588,19 @@ fn sd2_openclip_layout_round_trips_through_a_single_file() {
     let reference = load_reference("sd2_modules.safetensors");
     assert_close(
         "sd2 single-file unet",
-        &unet_out(&model.unet, &reference),
+        &unet_out(model.unet(), &reference),
         &reference["unet.out"].values,
         1e-4,
     );
     assert_close(
         "sd2 single-file text encoder",
-        &text_out(&model.text_encoder, &reference),
+        &text_out(model.text_encoder(), &reference),
         &reference["text.last_hidden_state"].values,
         1e-4,
     );
     assert_close(
         "sd2 single-file vae decode",
-        &vae_out(&model.vae, &reference),
+        &vae_out(model.vae(), &reference),
         &reference["vae.decode.out"].values,
         1e-4,
     );
@@ -670,44 +674,30 @@ fn run(model: &StableDiffusion, req: &GenerateRequest) -> Vec<u8> {
 /// sd1_tiny's diffusers folder with every weight rounded to f16 (what the single file holds).
 fn folder_rounded_to_f16(model: &str) -> StableDiffusion {
     let b = base(model);
-    let d = device();
-    let store = |component: Component, dtype: DType| {
-        let mut store = TensorStore::new(&d, dtype, component.folder());
+    let name = format!("{model} (f16-rounded)");
+    let mut builder = PipelineBuilder::new(name, &device(), DType::F32);
+    let configs = [
+        (
+            Component::TextEncoder,
+            ComponentConfig::TextEncoder(b.text_encoder.clone()),
+        ),
+        (Component::Unet, ComponentConfig::Unet(b.unet.clone())),
+        (Component::Vae, ComponentConfig::Vae(b.vae.clone())),
+    ];
+    for (component, config) in configs {
+        let mut load = builder.begin_parsed(config, component.folder());
         for (name, (st, shape, bytes)) in component_tensors(model, component) {
             let values = to_f32(&bytes, st)
                 .into_iter()
                 .map(|v| half::f16::from_f32(v).to_f32())
                 .collect();
-            store.insert_f32(&name, &shape, values);
+            load.store.insert_f32(&name, &shape, values);
         }
-        store
-    };
-    let te = ClipTextModel::load(
-        &store(Component::TextEncoder, DType::F32).root(),
-        b.text_encoder.clone(),
-    )
-    .unwrap();
-    let unet =
-        UNet2DConditionModel::load(&store(Component::Unet, DType::F32).root(), b.unet.clone())
-            .unwrap();
-    let vae = AutoencoderKL::load(
-        &store(Component::Vae, DType::F32).root(),
-        b.vae.clone(),
-        true,
-    )
-    .unwrap();
-    StableDiffusion {
-        name: format!("{model} (f16-rounded)"),
-        tokenizer: b.tokenizer,
-        text_encoder: te,
-        unet,
-        vae,
-        scheduler_config: b.scheduler,
-        device: d,
-        dtype: DType::F32,
-        preview_decoder: None,
-        compiled: Default::default(),
+        builder.finish_component(load).unwrap();
     }
+    builder.set_tokenizer(b.tokenizer);
+    builder.set_scheduler(b.scheduler);
+    builder.build().unwrap()
 }
 
 #[test]
@@ -727,7 +717,7 @@ fn single_file_generates_the_diffusers_image() {
         DType::F32,
     )
     .unwrap();
-    assert_eq!(st.name, "sd1_tiny");
+    assert_eq!(st.name(), "sd1_tiny");
     let st_image = run(&st, &req);
     drop(st);
     let (max, mean) = image_errors(&st_image, &reference);

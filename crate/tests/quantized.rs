@@ -347,6 +347,7 @@ fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
 #[test]
 fn single_file_checkpoints_keep_or_get_quantised_weights() {
     use sdweb::checkpoint::{BaseFolder, read_single_file};
+    use sdweb::pipeline::{LoadOptions, PipelineBuilder};
     let base = BaseFolder::read(&fixtures().join("sd1_tiny")).unwrap();
     let dir = fixtures().join("sd1_tiny_single");
     let name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
@@ -356,12 +357,10 @@ fn single_file_checkpoints_keep_or_get_quantised_weights() {
         &mut reader,
         &path.display().to_string(),
         &base,
-        &device(),
-        DType::F32,
-        None,
+        &PipelineBuilder::new("gguf", &device(), DType::F32),
     )
     .unwrap();
-    assert_eq!(gguf.unet.quant_type(name), Some(QuantType::Q8_0));
+    assert_eq!(gguf.unet.store.quant_type(name), Some(QuantType::Q8_0));
     let path = dir.join("sd1_tiny.safetensors");
     let mut reader = std::fs::File::open(&path).unwrap();
     let policy = QuantPolicy::new(QuantType::Q4_0);
@@ -369,30 +368,34 @@ fn single_file_checkpoints_keep_or_get_quantised_weights() {
         &mut reader,
         &path.display().to_string(),
         &base,
-        &device(),
-        DType::F32,
-        Some(&policy),
+        &PipelineBuilder::new("st", &device(), DType::F32).with_options(LoadOptions {
+            quantization: Some(policy),
+            ..Default::default()
+        }),
     )
     .unwrap();
     assert_eq!(
-        st.unet.quant_type(name),
+        st.unet.store.quant_type(name),
         Some(QuantType::Q8_0),
         "transformer blocks stay q8_0 under q4_0"
     );
     assert_eq!(
-        st.unet.quant_type("down_blocks.0.resnets.0.conv1.weight"),
+        st.unet
+            .store
+            .quant_type("down_blocks.0.resnets.0.conv1.weight"),
         Some(QuantType::Q4_0)
     );
     assert_eq!(
         st.text_encoder
+            .store
             .quant_type("text_model.embeddings.token_embedding.weight"),
         None
     );
     assert!(
-        st.unet.gpu_bytes() * 3 < gguf.unet.gpu_bytes() * 2,
+        st.unet.store.gpu_bytes() * 3 < gguf.unet.store.gpu_bytes() * 2,
         "{} vs {}",
-        st.unet.gpu_bytes(),
-        gguf.unet.gpu_bytes()
+        st.unet.store.gpu_bytes(),
+        gguf.unet.store.gpu_bytes()
     );
 }
 

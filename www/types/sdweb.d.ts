@@ -15,11 +15,45 @@ export function deleteCachedModel(model: any): Promise<void>;
  * @property {(event: ProgressEvent) => void} [onProgress]
  * @property {'auto' | 'f32' | 'f16'} [precision]
  * @property {'q8_0' | 'q4_0'} [quantize]
+ * @property {'sdweb' | 'burn'} [kernels] which kernels the hot ops run (default sdweb's own WGSL
+ *   kernels; burn's ops are the reference they are tested against)
  * @property {string} [revision]
  * @property {string} [taesd] base URL of a TAESD repository
  * @property {boolean} [portable]
  *
- * @typedef {{ type: string, [key: string]: any }} ProgressEvent
+ * @typedef {{ type: 'download' | 'quantize', file: string, loaded: number, total: number }
+ *   | { type: 'load', file: string, index: number, count: number, loaded: number, total: number }
+ *   | { type: 'compile' } | { type: 'compiled', pipelines: number, ms: number }
+ *   | { type: 'step', step: number, steps: number, ms: number }
+ *   | { type: 'preview', step: number, steps: number, width: number, height: number, pixels: Uint8ClampedArray }
+ *   | { type: 'decode' } | { type: 'done' } | { type: 'warning', message: string }
+ *   | { type: 'restart', reason: string }} ProgressEvent
+ *
+ * @typedef {object} Timings per-stage wall times (ms, GPU work included) and GPU dispatch counts
+ * @property {number} tokenizeMs
+ * @property {number} compileMs the compile pass before the first step (0 when already compiled)
+ * @property {number} compiledPipelines
+ * @property {number} textEncoderMs
+ * @property {number} textEncoderDispatches
+ * @property {number[]} unetStepsMs
+ * @property {number[]} unetStepDispatches
+ * @property {number} vaeDecodeMs
+ * @property {number} vaeDecodeDispatches
+ * @property {number} totalMs
+ *
+ * @typedef {object} GeneratorInfo
+ * @property {string} model base URL
+ * @property {string} name
+ * @property {number} steps recommended steps
+ * @property {number} guidance recommended guidance
+ * @property {number} width native size
+ * @property {number} height
+ * @property {number} sizeMultiple sizes must be multiples of this
+ * @property {string} scheduler the model's own scheduler
+ * @property {boolean} f16 computes in f16
+ * @property {'sdweb' | 'burn'} kernels
+ * @property {string[]} adapterFeatures
+ * @property {readonly string[]} schedulers
  *
  * @typedef {object} GenerateOptions
  * @property {string} [prompt]
@@ -44,12 +78,12 @@ export function deleteCachedModel(model: any): Promise<void>;
  * @property {number} seed
  * @property {string} scheduler
  * @property {string} parameters
- * @property {Record<string, any>} timings
+ * @property {Timings} timings
  * @property {'txt2img' | 'img2img' | 'inpaint'} mode
  * @property {number | null} strength
  *
  * @typedef {object} Generator
- * @property {Record<string, any>} info
+ * @property {GeneratorInfo} info
  * @property {(options?: GenerateOptions) => Promise<GenerateResult>} generate
  * @property {() => void} simulateDeviceLoss
  * @property {() => void} dispose
@@ -57,7 +91,7 @@ export function deleteCachedModel(model: any): Promise<void>;
 /**
  * Loads a model in a new worker. Options: model (base URL), onProgress(event),
  * precision ('auto' | 'f32' | 'f16'), quantize ('q8_0' | 'q4_0': layer weights quantised as they
- * load and kept quantised on the GPU; see WEIGHT_FORMATS), revision (cache key; default from the URL or 'main'),
+ * load and kept quantised on the GPU; see WEIGHT_FORMATS), kernels ('sdweb' | 'burn'), revision (cache key; default from the URL or 'main'),
  * taesd (base URL of a TAESD repository, e.g. madebyollin/taesd: image-sized step previews),
  * portable (true: run as on an adapter with neither `subgroups` nor `shader-f16`, f32 everywhere,
  * which is what Safari and Firefox offer; sdweb's kernels need neither).
@@ -66,7 +100,7 @@ export function deleteCachedModel(model: any): Promise<void>;
  * @param {GeneratorOptions} options
  * @returns {Promise<Generator>}
  */
-export function createGenerator({ model, onProgress, precision, quantize, revision, taesd, portable }?: GeneratorOptions): Promise<Generator>;
+export function createGenerator({ model, onProgress, precision, quantize, kernels, revision, taesd, portable }?: GeneratorOptions): Promise<Generator>;
 export const SCHEDULERS: string[];
 export const MODELS: ({
     id: string;
@@ -107,6 +141,11 @@ export type GeneratorOptions = {
     onProgress?: (event: ProgressEvent) => void;
     precision?: "auto" | "f32" | "f16";
     quantize?: "q8_0" | "q4_0";
+    /**
+     * which kernels the hot ops run (default sdweb's own WGSL
+     * kernels; burn's ops are the reference they are tested against)
+     */
+    kernels?: "sdweb" | "burn";
     revision?: string;
     /**
      * base URL of a TAESD repository
@@ -115,8 +154,98 @@ export type GeneratorOptions = {
     portable?: boolean;
 };
 export type ProgressEvent = {
-    type: string;
-    [key: string]: any;
+    type: "download" | "quantize";
+    file: string;
+    loaded: number;
+    total: number;
+} | {
+    type: "load";
+    file: string;
+    index: number;
+    count: number;
+    loaded: number;
+    total: number;
+} | {
+    type: "compile";
+} | {
+    type: "compiled";
+    pipelines: number;
+    ms: number;
+} | {
+    type: "step";
+    step: number;
+    steps: number;
+    ms: number;
+} | {
+    type: "preview";
+    step: number;
+    steps: number;
+    width: number;
+    height: number;
+    pixels: Uint8ClampedArray;
+} | {
+    type: "decode";
+} | {
+    type: "done";
+} | {
+    type: "warning";
+    message: string;
+} | {
+    type: "restart";
+    reason: string;
+};
+/**
+ * per-stage wall times (ms, GPU work included) and GPU dispatch counts
+ */
+export type Timings = {
+    tokenizeMs: number;
+    /**
+     * the compile pass before the first step (0 when already compiled)
+     */
+    compileMs: number;
+    compiledPipelines: number;
+    textEncoderMs: number;
+    textEncoderDispatches: number;
+    unetStepsMs: number[];
+    unetStepDispatches: number[];
+    vaeDecodeMs: number;
+    vaeDecodeDispatches: number;
+    totalMs: number;
+};
+export type GeneratorInfo = {
+    /**
+     * base URL
+     */
+    model: string;
+    name: string;
+    /**
+     * recommended steps
+     */
+    steps: number;
+    /**
+     * recommended guidance
+     */
+    guidance: number;
+    /**
+     * native size
+     */
+    width: number;
+    height: number;
+    /**
+     * sizes must be multiples of this
+     */
+    sizeMultiple: number;
+    /**
+     * the model's own scheduler
+     */
+    scheduler: string;
+    /**
+     * computes in f16
+     */
+    f16: boolean;
+    kernels: "sdweb" | "burn";
+    adapterFeatures: string[];
+    schedulers: readonly string[];
 };
 export type GenerateOptions = {
     prompt?: string;
@@ -162,12 +291,12 @@ export type GenerateResult = {
     seed: number;
     scheduler: string;
     parameters: string;
-    timings: Record<string, any>;
+    timings: Timings;
     mode: "txt2img" | "img2img" | "inpaint";
     strength: number | null;
 };
 export type Generator = {
-    info: Record<string, any>;
+    info: GeneratorInfo;
     generate: (options?: GenerateOptions) => Promise<GenerateResult>;
     simulateDeviceLoss: () => void;
     dispose: () => void;

@@ -7,8 +7,6 @@
 //! oracle in the tests (`tests/kernels.rs`; q8_0/q4_0 weights in `tests/quantized.rs`), and returns None where it
 //! does not apply (another backend, sizes beyond u32), for the caller to fall back to burn.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 mod attention;
 mod conv2d;
 mod launch;
@@ -27,6 +25,8 @@ pub use tiles::Tiles;
 pub use weight::GemmWeight;
 
 /// Which implementation SD's hot ops (linear, conv2d, attention, group/layer norm, GEGLU) use.
+/// Chosen per model at load ([`crate::pipeline::PipelineBuilder::set_kernel_policy`]) and held
+/// by each layer, so two models in one process may differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum KernelPolicy {
     /// sdweb's WGSL kernels (the default).
@@ -52,24 +52,11 @@ impl KernelPolicy {
             .into_iter()
             .find(|p| p.name() == name)
     }
-}
 
-static POLICY: AtomicU8 = AtomicU8::new(0);
-
-pub fn set_policy(policy: KernelPolicy) {
-    POLICY.store(policy as u8, Ordering::Relaxed);
-}
-
-pub fn policy() -> KernelPolicy {
-    match POLICY.load(Ordering::Relaxed) {
-        1 => KernelPolicy::Burn,
-        _ => KernelPolicy::Sdweb,
+    /// Whether the hot ops run sdweb's kernels.
+    pub fn runs_ours(self) -> bool {
+        self == Self::Sdweb
     }
-}
-
-/// Whether the hot ops run sdweb's kernels.
-pub fn ours() -> bool {
-    policy() == KernelPolicy::Sdweb
 }
 
 /// Whether `t` lives on an adapter that is no card (a CPU driver: lavapipe, SwiftShader; in

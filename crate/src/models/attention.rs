@@ -3,14 +3,13 @@
 
 use burn::tensor::Tensor;
 
-use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, gelu, multi_head_attention};
-use crate::kernels::{self, ConvEpilogue};
+use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, MultiHeadAttention, gelu};
+use crate::kernels::{self, ConvEpilogue, KernelPolicy};
 use crate::weights::{WeightError, Weights};
 
 /// diffusers `Attention` (to_q/to_k/to_v without bias, to_out.0 with bias).
 pub struct Attention {
-    heads: usize,
-    head_dim: usize,
+    attention: MultiHeadAttention,
     to_q: Linear,
     to_k: Linear,
     to_v: Linear,
@@ -28,8 +27,7 @@ impl Attention {
     ) -> Result<Self, WeightError> {
         let inner = heads * head_dim;
         Ok(Self {
-            heads,
-            head_dim,
+            attention: MultiHeadAttention::new(w, heads, head_dim, false),
             to_q: Linear::load(&w.pp("to_q"), query_dim, inner, qkv_bias)?,
             to_k: Linear::load(&w.pp("to_k"), context_dim, inner, qkv_bias)?,
             to_v: Linear::load(&w.pp("to_v"), context_dim, inner, qkv_bias)?,
@@ -49,9 +47,9 @@ impl Attention {
         let q = self.to_q.forward(x);
         let k = self.to_k.forward(context.clone());
         let v = self.to_v.forward(context);
-        let (heads, dim) = (self.heads, self.head_dim);
-        let attended =
-            multi_head_attention((&q).into(), (&k).into(), (&v).into(), heads, dim, false);
+        let attended = self
+            .attention
+            .forward((&q).into(), (&k).into(), (&v).into());
         self.to_out.forward_add(attended, residual)
     }
 }
@@ -64,6 +62,7 @@ pub struct FeedForward {
     proj: Linear,
     out: Linear,
     inner: usize,
+    kernels: KernelPolicy,
 }
 
 impl FeedForward {
@@ -73,6 +72,7 @@ impl FeedForward {
             proj: Linear::load(&w.pp("net").pp(0).pp("proj"), dim, inner * 2, true)?,
             out: Linear::load(&w.pp("net").pp(2), inner, dim, true)?,
             inner,
+            kernels: w.kernels(),
         })
     }
 
@@ -116,7 +116,8 @@ impl FeedForward {
 
     fn forward_rows(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let h = self.proj.forward(x);
-        let activated = match kernels::ours().then(|| kernels::geglu(&h)).flatten() {
+        let fused = self.kernels.runs_ours().then(|| kernels::geglu(&h));
+        let activated = match fused.flatten() {
             Some(a) => a,
             None => {
                 let hidden = h.clone().narrow(2, 0, self.inner);

@@ -3,7 +3,7 @@
 use burn::tensor::{DType, Tensor};
 use serde_json::json;
 
-use super::nn::{Conv2d, GroupNorm, Linear, multi_head_attention};
+use super::nn::{Conv2d, GroupNorm, Linear, MultiHeadAttention};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::row_bands::{MAX_BAND_BYTES, RowBands, activation_bytes, band_count};
 use crate::config::{ConfigError, ConfigReader};
@@ -96,6 +96,7 @@ struct VaeAttention {
     to_k: Linear,
     to_v: Linear,
     to_out: Linear,
+    attention: MultiHeadAttention,
 }
 
 impl VaeAttention {
@@ -106,6 +107,7 @@ impl VaeAttention {
             to_k: Linear::load(&w.pp("to_k"), ch, ch, true)?,
             to_v: Linear::load(&w.pp("to_v"), ch, ch, true)?,
             to_out: Linear::load(&w.pp("to_out").pp(0), ch, ch, true)?,
+            attention: MultiHeadAttention::new(w, 1, ch, false),
         })
     }
 
@@ -119,7 +121,9 @@ impl VaeAttention {
         let q = self.to_q.forward(tokens.clone());
         let k = self.to_k.forward(tokens.clone());
         let v = self.to_v.forward(tokens);
-        let attended = multi_head_attention((&q).into(), (&k).into(), (&v).into(), 1, c, false);
+        let attended = self
+            .attention
+            .forward((&q).into(), (&k).into(), (&v).into());
         let out = self.to_out.forward(attended);
         out.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }

@@ -4,7 +4,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::nn::{LayerNorm, Linear, gelu, multi_head_attention, quick_gelu};
+use super::nn::{LayerNorm, Linear, MultiHeadAttention, gelu, quick_gelu};
 use crate::config::{ConfigError, ConfigReader};
 use crate::weights::{WeightError, Weights};
 
@@ -99,6 +99,8 @@ pub struct ClipTextModel {
     token_embedding: Vec<Tensor<2>>,
     position_embedding: Tensor<2>,
     layers: Vec<EncoderLayer>,
+    /// Causal self-attention, shared by every layer.
+    attention: MultiHeadAttention,
     final_layer_norm: LayerNorm,
 }
 
@@ -137,11 +139,14 @@ impl ClipTextModel {
             })
             .collect::<Result<Vec<_>, WeightError>>()?;
         let final_layer_norm = LayerNorm::load(&tm.pp("final_layer_norm"), d, eps)?;
+        let heads = config.num_attention_heads;
+        let attention = MultiHeadAttention::new(&tm, heads, d / heads, true);
         Ok(Self {
             config,
             token_embedding,
             position_embedding,
             layers,
+            attention,
             final_layer_norm,
         })
     }
@@ -195,15 +200,14 @@ impl ClipTextModel {
             .map(|row| self.embed_tokens(row) + positions.clone())
             .collect();
         let mut x: Tensor<3> = Tensor::stack(embedded, 0);
-        let heads = self.config.num_attention_heads;
-        let head_dim = self.config.hidden_size / heads;
         for layer in &self.layers {
             let h = layer.layer_norm1.forward(x.clone());
             let q = layer.q_proj.forward(h.clone());
             let k = layer.k_proj.forward(h.clone());
             let v = layer.v_proj.forward(h);
-            let a =
-                multi_head_attention((&q).into(), (&k).into(), (&v).into(), heads, head_dim, true);
+            let a = self
+                .attention
+                .forward((&q).into(), (&k).into(), (&v).into());
             x = layer.out_proj.forward_add(a, x);
             let h = layer.fc1.forward(layer.layer_norm2.forward(x.clone()));
             let h = match self.config.hidden_act {

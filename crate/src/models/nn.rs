@@ -5,7 +5,7 @@ use burn::tensor::module::{attention, conv2d, interpolate, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Tensor};
 
-use crate::kernels::{self, ConvEpilogue, GemmWeight, Heads};
+use crate::kernels::{self, ConvEpilogue, GemmWeight, Heads, KernelPolicy};
 use crate::weights::{LayerWeight, WeightError, Weights};
 
 /// The kernels always add a bias: a `bias=False` layer gets zeros once at load, instead of a
@@ -25,6 +25,7 @@ pub struct Linear {
     weight: LayerWeight<2>,
     bias: Option<Tensor<1>>,
     kernel_bias: Tensor<1>,
+    kernels: KernelPolicy,
 }
 
 impl Linear {
@@ -41,6 +42,7 @@ impl Linear {
             weight,
             bias,
             kernel_bias,
+            kernels: w.kernels(),
         })
     }
 
@@ -61,7 +63,7 @@ impl Linear {
         let dims = x.dims();
         let mut out_dims = dims;
         out_dims[D - 1] = self.out_features();
-        if kernels::ours() {
+        if self.kernels.runs_ours() {
             let rows = dims[..D - 1].iter().product();
             let flat = x.clone().reshape([rows, dims[D - 1]]);
             let flat_residual = residual
@@ -93,6 +95,7 @@ pub struct Conv2d {
     bias: Tensor<1>,
     has_bias: bool,
     options: ConvOptions<2>,
+    kernels: KernelPolicy,
 }
 
 impl Conv2d {
@@ -120,6 +123,7 @@ impl Conv2d {
             bias: w.get::<1>("bias", [out_ch])?,
             has_bias: true,
             options,
+            kernels: w.kernels(),
         })
     }
 
@@ -137,6 +141,7 @@ impl Conv2d {
             bias: bias_for_kernels(w, &None, out_ch),
             has_bias: false,
             options: ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+            kernels: w.kernels(),
         })
     }
 
@@ -179,7 +184,7 @@ impl Conv2d {
         options: &ConvOptions<2>,
         epilogue: ConvEpilogue,
     ) -> Tensor<4> {
-        if kernels::ours() {
+        if self.kernels.runs_ours() {
             let [out_ch, in_ch, kh, kw] = self.weight_shape();
             let flat;
             let weight = match &self.weight {
@@ -225,6 +230,7 @@ pub struct GroupNorm {
     eps: f64,
     gamma: Tensor<1>,
     beta: Tensor<1>,
+    kernels: KernelPolicy,
 }
 
 impl GroupNorm {
@@ -243,6 +249,7 @@ impl GroupNorm {
             eps,
             gamma: w.get::<1>("weight", [channels])?,
             beta: w.get::<1>("bias", [channels])?,
+            kernels: w.kernels(),
         })
     }
 
@@ -266,7 +273,7 @@ impl GroupNorm {
     }
 
     fn forward_bands_then(&self, bands: Vec<Tensor<4>>, then_silu: bool) -> Vec<Tensor<4>> {
-        if kernels::ours()
+        if self.kernels.runs_ours()
             && let Some(out) = kernels::group_norm(
                 &bands,
                 self.groups,
@@ -351,6 +358,7 @@ pub struct LayerNorm {
     eps: f64,
     gamma: Tensor<1>,
     beta: Tensor<1>,
+    kernels: KernelPolicy,
 }
 
 impl LayerNorm {
@@ -359,11 +367,12 @@ impl LayerNorm {
             eps,
             gamma: w.get::<1>("weight", [dim])?,
             beta: w.get::<1>("bias", [dim])?,
+            kernels: w.kernels(),
         })
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if kernels::ours()
+        if self.kernels.runs_ours()
             && let Some(out) = kernels::layer_norm(&x, &self.gamma, &self.beta, self.eps)
         {
             return out;
@@ -438,40 +447,59 @@ fn over_query_chunks(
 /// Multi-head attention on token rows `[B, S, heads · head_dim]` (q, k, v possibly column
 /// ranges of one tensor, see [`Heads`]) → `[B, Sq, heads · head_dim]`.
 /// - sdweb's kernels: [`kernels::flash_attention`], which never writes the scores.
-/// - [`kernels::KernelPolicy::Burn`]: burn's attention on split heads, chunked over queries:
-///   its fused kernel on CPU adapters, two GEMMs on GPUs ([`scaled_dot_product_attention`]).
-pub fn multi_head_attention(
-    q: Heads,
-    k: Heads,
-    v: Heads,
+/// - [`KernelPolicy::Burn`]: burn's attention on split heads, chunked over queries: its fused
+///   kernel on CPU adapters, two GEMMs on GPUs ([`scaled_dot_product_attention`]).
+#[derive(Clone, Copy, Debug)]
+pub struct MultiHeadAttention {
     heads: usize,
     head_dim: usize,
     causal: bool,
-) -> Tensor<3> {
-    if kernels::ours()
-        && let Some(out) = kernels::flash_attention(q, k, v, heads, head_dim, causal)
-    {
-        return out;
-    }
-    let split = |h: Heads| {
-        let [b, s, _] = h.tokens.dims();
-        let cols = h.tokens.clone().narrow(2, h.column, heads * head_dim);
-        split_heads(cols.reshape([b, s, heads * head_dim]), heads)
-    };
-    let (q, k, v) = (split(q), split(k), split(v));
-    let out = if causal {
-        let options = AttentionModuleOptions {
-            is_causal: true,
-            ..Default::default()
-        };
-        attention(q, k, v, None, None, options)
-    } else {
-        scaled_dot_product_attention(q, k, v)
-    };
-    merge_heads(out)
+    kernels: KernelPolicy,
 }
 
-/// burn's scaled dot-product attention on `[B, H, S, Dh]`, as [`kernels::KernelPolicy::Burn`]
+impl MultiHeadAttention {
+    /// No weights of its own: `w` gives the kernel policy of the layer it belongs to.
+    pub fn new(w: &Weights, heads: usize, head_dim: usize, causal: bool) -> Self {
+        Self {
+            heads,
+            head_dim,
+            causal,
+            kernels: w.kernels(),
+        }
+    }
+
+    pub fn forward(&self, q: Heads, k: Heads, v: Heads) -> Tensor<3> {
+        let Self {
+            heads,
+            head_dim,
+            causal,
+            ..
+        } = *self;
+        if self.kernels.runs_ours()
+            && let Some(out) = kernels::flash_attention(q, k, v, heads, head_dim, causal)
+        {
+            return out;
+        }
+        let split = |h: Heads| {
+            let [b, s, _] = h.tokens.dims();
+            let cols = h.tokens.clone().narrow(2, h.column, heads * head_dim);
+            split_heads(cols.reshape([b, s, heads * head_dim]), heads)
+        };
+        let (q, k, v) = (split(q), split(k), split(v));
+        let out = if causal {
+            let options = AttentionModuleOptions {
+                is_causal: true,
+                ..Default::default()
+            };
+            attention(q, k, v, None, None, options)
+        } else {
+            scaled_dot_product_attention(q, k, v)
+        };
+        merge_heads(out)
+    }
+}
+
+/// burn's scaled dot-product attention on `[B, H, S, Dh]`, as [`KernelPolicy::Burn`]
 /// runs it, per adapter kind:
 /// - GPUs: [`gemm_attention`]. burn's fused kernel has no tensor-core candidate there; on an
 ///   H100 (Vulkan) SD 1.5's 4096-token self-attention at 512×512 took 10.4 ms per 128-query

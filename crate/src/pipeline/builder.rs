@@ -7,6 +7,7 @@ use burn::tensor::{DType, Device};
 
 use super::{Component, PipelineError, StableDiffusion};
 use crate::config::{ConfigError, ConfigReader};
+use crate::kernels::KernelPolicy;
 use crate::layout;
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
@@ -16,17 +17,56 @@ use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::{QuantPolicy, TensorStore, find_component_file};
 
-enum ComponentConfig {
+/// A component's parsed config.json.
+#[derive(Clone, Debug)]
+pub enum ComponentConfig {
     TextEncoder(ClipTextConfig),
     Unet(UNet2DConditionConfig),
     Vae(AutoencoderKLConfig),
     PreviewDecoder(AutoencoderTinyConfig),
 }
 
+impl ComponentConfig {
+    pub fn parse(
+        component: Component,
+        config_json: &str,
+        source: &str,
+    ) -> Result<Self, ConfigError> {
+        let reader = ConfigReader::parse(config_json, source)?;
+        Ok(match component {
+            Component::TextEncoder => Self::TextEncoder(ClipTextConfig::from_reader(reader)?),
+            Component::Unet => Self::Unet(UNet2DConditionConfig::from_reader(reader)?),
+            Component::Vae => Self::Vae(AutoencoderKLConfig::from_reader(reader)?),
+            Component::PreviewDecoder => {
+                Self::PreviewDecoder(AutoencoderTinyConfig::from_reader(reader)?)
+            }
+        })
+    }
+
+    pub fn component(&self) -> Component {
+        match self {
+            Self::TextEncoder(_) => Component::TextEncoder,
+            Self::Unet(_) => Component::Unet,
+            Self::Vae(_) => Component::Vae,
+            Self::PreviewDecoder(_) => Component::PreviewDecoder,
+        }
+    }
+}
+
 /// One component whose config is parsed and whose weights are being received.
 pub struct ComponentLoad {
     config: ComponentConfig,
     pub store: TensorStore,
+}
+
+/// How a model's weights are held, beyond the compute dtype: the same for every component.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Quantise float weights of the text encoder, UNet and VAE as they load (weights that
+    /// arrive already quantised stay so either way).
+    pub quantization: Option<QuantPolicy>,
+    /// The kernels every layer runs.
+    pub kernels: KernelPolicy,
 }
 
 /// Assembles a [`StableDiffusion`] from parts that arrive one by one: from a folder natively,
@@ -42,7 +82,7 @@ pub struct PipelineBuilder {
     vae: Option<AutoencoderKL>,
     preview_decoder: Option<AutoencoderTiny>,
     scheduler_config: Option<SchedulerConfig>,
-    quantization: Option<QuantPolicy>,
+    options: LoadOptions,
 }
 
 impl PipelineBuilder {
@@ -57,14 +97,13 @@ impl PipelineBuilder {
             vae: None,
             preview_decoder: None,
             scheduler_config: None,
-            quantization: None,
+            options: LoadOptions::default(),
         }
     }
 
-    /// Quantise float weights of the text encoder, UNet and VAE as they load (weights that
-    /// arrive already quantised stay so either way).
-    pub fn set_quantization(&mut self, policy: Option<QuantPolicy>) {
-        self.quantization = policy;
+    pub fn with_options(mut self, options: LoadOptions) -> Self {
+        self.options = options;
+        self
     }
 
     pub fn set_tokenizer(&mut self, tokenizer: ClipTokenizer) {
@@ -72,8 +111,12 @@ impl PipelineBuilder {
     }
 
     pub fn set_scheduler_config(&mut self, json: &str) -> Result<(), PipelineError> {
-        self.scheduler_config = Some(SchedulerConfig::from_json(json)?);
+        self.set_scheduler(SchedulerConfig::from_json(json)?);
         Ok(())
+    }
+
+    pub fn set_scheduler(&mut self, config: SchedulerConfig) {
+        self.scheduler_config = Some(config);
     }
 
     /// Parses a component's config.json (`source` names it in errors) and opens its store.
@@ -83,33 +126,27 @@ impl PipelineBuilder {
         config_json: &str,
         source: &str,
     ) -> Result<ComponentLoad, PipelineError> {
-        let reader = ConfigReader::parse(config_json, source)?;
-        let (config, dtype) = match component {
-            Component::TextEncoder => (
-                ComponentConfig::TextEncoder(ClipTextConfig::from_reader(reader)?),
-                self.dtype,
-            ),
-            Component::Unet => (
-                ComponentConfig::Unet(UNet2DConditionConfig::from_reader(reader)?),
-                self.dtype,
-            ),
-            Component::Vae => {
-                let config = AutoencoderKLConfig::from_reader(reader)?;
-                let dtype = config.compute_dtype(self.dtype);
-                (ComponentConfig::Vae(config), dtype)
-            }
-            Component::PreviewDecoder => (
-                ComponentConfig::PreviewDecoder(AutoencoderTinyConfig::from_reader(reader)?),
-                DType::F32,
-            ),
+        let config = ComponentConfig::parse(component, config_json, source)?;
+        Ok(self.begin_parsed(config, source))
+    }
+
+    /// Opens the store of a component whose config is parsed: in its compute dtype (TAESD and
+    /// a force_upcast VAE in f32), with this model's quantisation and kernels.
+    pub fn begin_parsed(&self, config: ComponentConfig, source: &str) -> ComponentLoad {
+        let dtype = match &config {
+            ComponentConfig::Vae(vae) => vae.compute_dtype(self.dtype),
+            ComponentConfig::PreviewDecoder(_) => DType::F32,
+            _ => self.dtype,
         };
+        let component = config.component();
         let mut store = TensorStore::new(&self.device, dtype, source.to_string());
-        if let Some(policy) = &self.quantization
+        store.set_kernel_policy(self.options.kernels);
+        if let Some(policy) = &self.options.quantization
             && component != Component::PreviewDecoder
         {
             store.set_quantization(policy.clone(), component.folder());
         }
-        Ok(ComponentLoad { config, store })
+        ComponentLoad { config, store }
     }
 
     /// Builds the component from its received weights; the store is dropped afterwards.
@@ -149,6 +186,7 @@ impl PipelineBuilder {
             device: self.device,
             dtype: self.dtype,
             preview_decoder: self.preview_decoder,
+            kernels: self.options.kernels,
             compiled: Default::default(),
         })
     }
@@ -157,15 +195,15 @@ impl PipelineBuilder {
 impl StableDiffusion {
     /// Loads a diffusers folder. `dtype`: F32 (always works) or F16 (needs shader-f16).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, PipelineError> {
-        Self::load_quantized(dir, device, dtype, None)
+        Self::load_with(dir, device, dtype, LoadOptions::default())
     }
 
-    /// [`Self::load`], quantising weights as `quantization` says while they stream in.
-    pub fn load_quantized(
+    /// [`Self::load`] with quantisation and kernels as `options` say.
+    pub fn load_with(
         dir: &Path,
         device: &Device,
         dtype: DType,
-        quantization: Option<QuantPolicy>,
+        options: LoadOptions,
     ) -> Result<Self, PipelineError> {
         let index = dir.join(layout::MODEL_INDEX);
         if !index.is_file() {
@@ -180,8 +218,7 @@ impl StableDiffusion {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
-        let mut builder = PipelineBuilder::new(name, device, dtype);
-        builder.set_quantization(quantization);
+        let mut builder = PipelineBuilder::new(name, device, dtype).with_options(options);
         builder.set_tokenizer(ClipTokenizer::from_dir(
             &dir.join(layout::TOKENIZER_FOLDER),
         )?);
@@ -215,6 +252,7 @@ impl StableDiffusion {
             &config_path.display().to_string(),
         )?)?;
         let mut store = TensorStore::new(&self.device, DType::F32, dir.display().to_string());
+        store.set_kernel_policy(self.kernels);
         let weights = find_component_file(dir, "diffusion_pytorch_model", false)?;
         // Previews need the decoder only.
         store.load_safetensors_file(&weights, &|n| {

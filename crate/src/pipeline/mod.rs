@@ -17,7 +17,7 @@ mod latents;
 mod request;
 mod vae;
 
-pub use builder::{ComponentLoad, PipelineBuilder};
+pub use builder::{ComponentConfig, ComponentLoad, LoadOptions, PipelineBuilder};
 pub use request::{
     Clock, CompileKey, CompileReport, DenoisedLatents, GenerateOutput, GenerateRequest, InitImage,
     Progress, StdClock, Timings,
@@ -27,11 +27,12 @@ use burn::tensor::{DType, Device, Tensor};
 
 use crate::checks;
 use crate::config::ConfigError;
+use crate::kernels::KernelPolicy;
 use crate::models::autoencoder_kl::AutoencoderKL;
 use crate::models::autoencoder_tiny::AutoencoderTiny;
 use crate::models::clip_text_model::ClipTextModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
-use crate::schedulers::{SchedulerConfig, SchedulerError, SchedulerKind};
+use crate::schedulers::{SchedulerConfig, SchedulerError, SchedulerKind, TimestepSpacing};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
 use crate::weights::WeightError;
 
@@ -73,19 +74,21 @@ impl PipelineError {
 }
 
 /// Everything loaded from a diffusers `StableDiffusionPipeline` folder.
+/// Made only by [`PipelineBuilder::build`].
 pub struct StableDiffusion {
-    pub name: String,
-    pub tokenizer: ClipTokenizer,
-    pub text_encoder: ClipTextModel,
-    pub unet: UNet2DConditionModel,
-    pub vae: AutoencoderKL,
-    pub scheduler_config: SchedulerConfig,
-    pub device: Device,
-    pub dtype: DType,
+    name: String,
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    scheduler_config: SchedulerConfig,
+    device: Device,
+    dtype: DType,
     /// TAESD for step previews (optional; without it previews use a latent projection).
-    pub preview_decoder: Option<AutoencoderTiny>,
+    preview_decoder: Option<AutoencoderTiny>,
+    kernels: KernelPolicy,
     /// The request shapes whose pipelines [`StableDiffusion::compile`] has compiled.
-    pub compiled: std::sync::Mutex<Vec<CompileKey>>,
+    compiled: std::sync::Mutex<Vec<CompileKey>>,
 }
 
 /// The three weight-carrying components of a pipeline, by their diffusers folder names.
@@ -132,6 +135,36 @@ impl Component {
 }
 
 impl StableDiffusion {
+    /// The model's name (its folder or file stem), as the A1111 parameters give it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn text_encoder(&self) -> &ClipTextModel {
+        &self.text_encoder
+    }
+
+    pub fn unet(&self) -> &UNet2DConditionModel {
+        &self.unet
+    }
+
+    pub fn vae(&self) -> &AutoencoderKL {
+        &self.vae
+    }
+
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
+    /// The compute dtype (the VAE may compute in f32 regardless: force_upcast).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn kernels(&self) -> KernelPolicy {
+        self.kernels
+    }
+
     pub fn vae_scale_factor(&self) -> usize {
         self.vae.config().scale_factor()
     }
@@ -201,7 +234,7 @@ fn non_finite(message: String, dtype: DType) -> PipelineError {
 
 /// See [`StableDiffusion::recommended_steps_guidance`].
 pub fn recommended_steps_guidance(config: &SchedulerConfig) -> (usize, f64) {
-    let trailing = config.timestep_spacing.as_deref() == Some("trailing");
+    let trailing = config.timestep_spacing == Some(TimestepSpacing::Trailing);
     match config.kind() {
         Ok(SchedulerKind::Lcm) => (4, 1.0),
         _ if trailing => (1, 0.0),

@@ -57,6 +57,25 @@ impl SchedulerError {
 
 /// A parsed `scheduler_config.json`. `None` means "not given": the scheduler being built uses
 /// its own diffusers default. Keys that no supported scheduler reads are dropped.
+/// diffusers' `timestep_spacing`: how inference timesteps are picked from the training ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestepSpacing {
+    Linspace,
+    Leading,
+    Trailing,
+}
+
+impl TimestepSpacing {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "linspace" => Some(Self::Linspace),
+            "leading" => Some(Self::Leading),
+            "trailing" => Some(Self::Trailing),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SchedulerConfig {
     pub class_name: Option<String>,
@@ -66,7 +85,7 @@ pub struct SchedulerConfig {
     pub beta_schedule: Option<String>,
     pub trained_betas: Option<Vec<f64>>,
     pub prediction_type: Option<String>,
-    pub timestep_spacing: Option<String>,
+    pub timestep_spacing: Option<TimestepSpacing>,
     pub steps_offset: Option<i64>,
     pub set_alpha_to_one: Option<bool>,
     pub clip_sample: Option<bool>,
@@ -123,7 +142,7 @@ impl SchedulerConfig {
             beta_schedule: r.string("beta_schedule")?,
             trained_betas: r.floats("trained_betas")?,
             prediction_type: r.string("prediction_type")?,
-            timestep_spacing: r.string("timestep_spacing")?,
+            timestep_spacing: r.spacing("timestep_spacing")?,
             steps_offset: r.int("steps_offset")?,
             set_alpha_to_one: r.bool("set_alpha_to_one")?,
             clip_sample: r.bool("clip_sample")?,
@@ -238,6 +257,18 @@ impl Reader<'_> {
                 v.as_str()
                     .map(str::to_string)
                     .ok_or_else(|| Self::invalid(key, v, "a string"))
+            })
+            .transpose()
+    }
+
+    fn spacing(&self, key: &str) -> Result<Option<TimestepSpacing>, SchedulerError> {
+        self.get(key)
+            .map(|v| {
+                v.as_str()
+                    .and_then(TimestepSpacing::from_name)
+                    .ok_or_else(|| {
+                        Self::invalid(key, v, "\"linspace\", \"leading\" or \"trailing\"")
+                    })
             })
             .transpose()
     }

@@ -42,7 +42,7 @@ impl DdimScheduler {
             .then(|| config.clip_sample_range.unwrap_or(1.0));
         let n_train = train.num_train_timesteps;
         check_steps(steps, n_train)?;
-        let timesteps = match Spacing::resolve(NAME, config, Spacing::Leading)? {
+        let timesteps = match config.timestep_spacing.unwrap_or(Spacing::Leading) {
             Spacing::Linspace => linspace_rounded(n_train, steps),
             Spacing::Leading => leading(n_train, steps, config.steps_offset.unwrap_or(0)),
             Spacing::Trailing => trailing(n_train, n_train, steps),

@@ -122,7 +122,7 @@ impl DpmSolverMultistepScheduler {
         let n_train = train.num_train_timesteps;
         check_steps(steps, n_train)?;
         let last_timestep = n_train - clipped_index(&train, config.lambda_min_clipped);
-        let mut timesteps: Vec<i64> = match Spacing::resolve(NAME, config, Spacing::Linspace)? {
+        let mut timesteps: Vec<i64> = match config.timestep_spacing.unwrap_or(Spacing::Linspace) {
             // Spaced over steps + 1 points, dropping the last (t = 0).
             Spacing::Linspace => np_linspace(0.0, last_timestep as f64 - 1.0, steps + 1, true)
                 .into_iter()

@@ -21,14 +21,13 @@ pub struct EulerDiscreteScheduler {
 /// Timesteps (as the f32 values diffusers stores) for the Euler-family spacings, and the
 /// training-sigma table; shared with the ancestral variant.
 pub(crate) fn euler_timesteps(
-    name: &'static str,
     config: &SchedulerConfig,
     train: &TrainSchedule,
     steps: usize,
 ) -> Result<(Vec<f32>, Spacing), SchedulerError> {
     let n_train = train.num_train_timesteps;
     check_steps(steps, n_train)?;
-    let spacing = Spacing::resolve(name, config, Spacing::Linspace)?;
+    let spacing = config.timestep_spacing.unwrap_or(Spacing::Linspace);
     let timesteps = match spacing {
         // Fractional timesteps: linspace is not rounded for the Euler family.
         Spacing::Linspace => np_linspace(0.0, (n_train - 1) as f64, steps, true)
@@ -98,7 +97,7 @@ impl EulerDiscreteScheduler {
             ));
         }
 
-        let (mut timesteps, spacing) = euler_timesteps(NAME, config, &train, steps)?;
+        let (mut timesteps, spacing) = euler_timesteps(config, &train, steps)?;
         let table = train.sigmas();
         let mut sigmas: Vec<f64> = timesteps
             .iter()

@@ -28,7 +28,7 @@ impl EulerAncestralDiscreteScheduler {
                 ("v_prediction", Prediction::Velocity),
             ],
         )?;
-        let (timesteps, spacing) = euler_timesteps(NAME, config, &train, steps)?;
+        let (timesteps, spacing) = euler_timesteps(config, &train, steps)?;
         let table = train.sigmas();
         let sigmas: Vec<f32> = timesteps
             .iter()

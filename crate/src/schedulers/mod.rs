@@ -25,7 +25,7 @@ mod lcm;
 mod pndm;
 mod schedule;
 
-pub use config::{SchedulerConfig, SchedulerError, parse_json};
+pub use config::{SchedulerConfig, SchedulerError, TimestepSpacing, parse_json};
 pub use ddim::DdimScheduler;
 pub use dpm_solver_multistep::DpmSolverMultistepScheduler;
 pub use euler::EulerDiscreteScheduler;

@@ -52,7 +52,7 @@ impl PndmScheduler {
         let n_train = train.num_train_timesteps;
         check_steps(steps, n_train)?;
         // Ascending, as diffusers' `_timesteps`.
-        let mut base = match Spacing::resolve(NAME, config, Spacing::Leading)? {
+        let mut base = match config.timestep_spacing.unwrap_or(Spacing::Leading) {
             Spacing::Linspace => linspace_rounded(n_train, steps),
             Spacing::Leading => leading(n_train, steps, config.steps_offset.unwrap_or(0)),
             Spacing::Trailing => trailing(n_train, n_train, steps),

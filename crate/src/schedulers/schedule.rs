@@ -199,33 +199,7 @@ fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
         .collect()
 }
 
-/// The `timestep_spacing` options of diffusers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Spacing {
-    Linspace,
-    Leading,
-    Trailing,
-}
-
-impl Spacing {
-    pub fn resolve(
-        scheduler: &'static str,
-        config: &SchedulerConfig,
-        default: Spacing,
-    ) -> Result<Self, SchedulerError> {
-        match config.timestep_spacing.as_deref() {
-            None => Ok(default),
-            Some("linspace") => Ok(Self::Linspace),
-            Some("leading") => Ok(Self::Leading),
-            Some("trailing") => Ok(Self::Trailing),
-            Some(other) => Err(SchedulerError::unsupported(
-                scheduler,
-                "timestep_spacing",
-                other,
-            )),
-        }
-    }
-}
+pub(crate) use super::config::TimestepSpacing as Spacing;
 
 /// `leading`: `arange(n) * (T // n) + steps_offset`, descending.
 pub(crate) fn leading(num_train: usize, n: usize, offset: i64) -> Vec<i64> {

@@ -16,6 +16,8 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 pub use quant::{QuantPolicy, QuantType};
 
+use crate::kernels::KernelPolicy;
+
 /// Largest single GPU tensor we create: WebGPU's default storage-binding limit is 128 MiB,
 /// so bigger weights (SD's CLIP token embedding) are split into row shards.
 pub const MAX_TENSOR_BYTES: usize = 64 * 1024 * 1024;
@@ -207,6 +209,8 @@ pub struct TensorStore {
     taken: RefCell<BTreeSet<String>>,
     /// Quantise-on-load policy and the component name its patterns see.
     quantization: Option<(QuantPolicy, String)>,
+    /// The kernels the layers built from this store run (they keep a copy).
+    kernels: KernelPolicy,
 }
 
 impl TensorStore {
@@ -220,16 +224,22 @@ impl TensorStore {
             tensors: HashMap::new(),
             taken: RefCell::new(BTreeSet::new()),
             quantization: None,
+            kernels: KernelPolicy::default(),
         }
     }
 
-    /// Quantise float weights that `policy` selects as they arrive; `component` (unet, vae,
-    /// text_encoder) is what the policy's patterns match against.
     /// What errors name as the tensors' source: the weights file once it is known.
     pub fn set_description(&mut self, description: impl Into<String>) {
         self.description = description.into();
     }
 
+    /// Which kernels the layers loaded from this store use (default: sdweb's).
+    pub fn set_kernel_policy(&mut self, kernels: KernelPolicy) {
+        self.kernels = kernels;
+    }
+
+    /// Quantise float weights that `policy` selects as they arrive; `component` (unet, vae,
+    /// text_encoder) is what the policy's patterns match against.
     pub fn set_quantization(&mut self, policy: QuantPolicy, component: &str) {
         self.quantization = Some((policy, component.to_string()));
     }
@@ -653,6 +663,11 @@ impl<'a> Weights<'a> {
 
     pub fn dtype(&self) -> DType {
         self.store.dtype()
+    }
+
+    /// The kernel policy layers loaded from here hold.
+    pub fn kernels(&self) -> KernelPolicy {
+        self.store.kernels
     }
 
     /// The tensor `leaf` with exactly `shape`.
