@@ -159,7 +159,14 @@ pub struct GenerateOutput {
     pub timings: Timings,
 }
 
-#[derive(Clone, Debug)]
+/// Serialised as the JS API's progress events (`{type: "step", step, steps, ms}`; a preview's
+/// pixels travel beside the event).
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "kebab-case",
+    rename_all_fields = "camelCase"
+)]
 pub enum Progress {
     /// The compile pass starts: it compiles every pipeline the generation needs (first
     /// generation at a size only).
@@ -171,21 +178,28 @@ pub enum Progress {
     },
     Tokenized {
         truncated: bool,
+        #[serde(rename = "tokens")]
         token_count: usize,
+        #[serde(rename = "maxTokens")]
         max_length: usize,
     },
     TextEncoded,
     Step {
+        #[serde(rename = "step")]
         index: usize,
+        #[serde(rename = "steps")]
         total: usize,
         ms: f64,
     },
     /// A preview of the image after step `index`: TAESD's decode at image size when a
     /// preview decoder is loaded, else the cheap latent projection at latent size.
     Preview {
+        #[serde(rename = "step")]
         index: usize,
+        #[serde(rename = "steps")]
         total: usize,
         /// RGB8, `width * height * 3`.
+        #[serde(skip)]
         rgb: Vec<u8>,
         width: usize,
         height: usize,
@@ -209,5 +223,49 @@ impl Default for StdClock {
 impl Clock for StdClock {
     fn now_ms(&self) -> f64 {
         self.0.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+    use serde_json::json;
+
+    /// The JS API's progress event names (README, `onProgress`; `www/sdweb.js` types them).
+    #[test]
+    fn progress_serialises_as_the_js_events() {
+        let cases = [
+            (Progress::Compiling, json!({"type": "compiling"})),
+            (
+                Progress::Tokenized {
+                    truncated: true,
+                    token_count: 80,
+                    max_length: 77,
+                },
+                json!({"type": "tokenized", "truncated": true, "tokens": 80, "maxTokens": 77}),
+            ),
+            (
+                Progress::Step {
+                    index: 3,
+                    total: 20,
+                    ms: 1.5,
+                },
+                json!({"type": "step", "step": 3, "steps": 20, "ms": 1.5}),
+            ),
+            (
+                Progress::Preview {
+                    index: 3,
+                    total: 20,
+                    rgb: vec![1, 2, 3],
+                    width: 1,
+                    height: 1,
+                },
+                json!({"type": "preview", "step": 3, "steps": 20, "width": 1, "height": 1}),
+            ),
+            (Progress::TextEncoded, json!({"type": "text-encoded"})),
+        ];
+        for (progress, expected) in cases {
+            assert_eq!(serde_json::to_value(&progress).unwrap(), expected);
+        }
     }
 }

@@ -7,9 +7,7 @@ use burn::tensor::DType;
 use wasm_bindgen::prelude::*;
 
 use super::error::{CodedError, internal};
-use super::js_types::{
-    GenerateOptions, GenerateResult, ModelInfo, ProgressEvent, from_js, timings_for_js, to_js,
-};
+use super::js_types::{GenerateOptions, GenerateResult, ModelInfo, from_js, timings_for_js, to_js};
 use crate::image_io::RgbImage;
 use crate::pipeline::{Clock, GenerateRequest, InitImage, Progress, StableDiffusion};
 use crate::png_meta::encode_png;
@@ -188,15 +186,17 @@ fn init_image(
 
 /// One progress event to the worker's callback: (event object[, RGBA8 pixels of a preview]).
 fn emit_progress(on_progress: &js_sys::Function, p: Progress) {
-    let (event, pixels) = ProgressEvent::of(p);
-    let Ok(event) = to_js(&event) else { return };
+    let Ok(event) = to_js(&p) else { return };
     // A throwing progress handler must not abort the generation.
-    let _ = match pixels {
-        Some(rgba) => on_progress.call2(
-            &JsValue::NULL,
-            &event,
-            &js_sys::Uint8Array::from(rgba.as_slice()),
-        ),
-        None => on_progress.call1(&JsValue::NULL, &event),
+    let _ = match &p {
+        Progress::Preview { rgb, .. } => {
+            let rgba: Vec<u8> = rgb
+                .chunks_exact(3)
+                .flat_map(|px| [px[0], px[1], px[2], 255])
+                .collect();
+            let pixels = js_sys::Uint8Array::from(rgba.as_slice());
+            on_progress.call2(&JsValue::NULL, &event, &pixels)
+        }
+        _ => on_progress.call1(&JsValue::NULL, &event),
     };
 }

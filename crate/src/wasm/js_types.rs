@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
 
 use super::error::{CodedError, internal};
-use crate::pipeline::{Progress, Timings};
+use crate::pipeline::Timings;
 
 /// `value` as a plain JS object (maps as objects, 64-bit integers as numbers).
 pub fn to_js(value: &impl Serialize) -> Result<JsValue, CodedError> {
@@ -60,85 +60,6 @@ pub struct GenerateOptions {
     /// A preview after every this many steps (default 1; 0 turns them off).
     #[serde(default)]
     pub preview_every: Option<usize>,
-}
-
-/// A progress event as the worker receives it (`preview` events come with RGBA8 pixels).
-#[derive(Serialize)]
-#[serde(
-    tag = "type",
-    rename_all = "kebab-case",
-    rename_all_fields = "camelCase"
-)]
-pub enum ProgressEvent {
-    Compiling,
-    Compiled {
-        pipelines: usize,
-        ms: f64,
-    },
-    Tokenized {
-        truncated: bool,
-        tokens: usize,
-        max_tokens: usize,
-    },
-    TextEncoded,
-    Step {
-        step: usize,
-        steps: usize,
-        ms: f64,
-    },
-    Preview {
-        step: usize,
-        steps: usize,
-        width: usize,
-        height: usize,
-    },
-    Decoded,
-}
-
-impl ProgressEvent {
-    /// The event, and a preview's pixels as RGBA8.
-    pub fn of(p: Progress) -> (Self, Option<Vec<u8>>) {
-        let event = match p {
-            Progress::Compiling => Self::Compiling,
-            Progress::Compiled { pipelines, ms } => Self::Compiled { pipelines, ms },
-            Progress::Tokenized {
-                truncated,
-                token_count,
-                max_length,
-            } => Self::Tokenized {
-                truncated,
-                tokens: token_count,
-                max_tokens: max_length,
-            },
-            Progress::TextEncoded => Self::TextEncoded,
-            Progress::Step { index, total, ms } => Self::Step {
-                step: index,
-                steps: total,
-                ms,
-            },
-            Progress::Preview {
-                index,
-                total,
-                rgb,
-                width,
-                height,
-            } => {
-                let rgba = rgb
-                    .chunks_exact(3)
-                    .flat_map(|px| [px[0], px[1], px[2], 255])
-                    .collect();
-                let event = Self::Preview {
-                    step: index,
-                    steps: total,
-                    width,
-                    height,
-                };
-                return (event, Some(rgba));
-            }
-            Progress::Decoded => Self::Decoded,
-        };
-        (event, None)
-    }
 }
 
 /// A loaded model's defaults, as `Generator.info`.
