@@ -14,6 +14,8 @@
 // Everything visual lives in the shadow root; `all: initial` on the container stops the
 // host page's inherited styles (font, color, ...) from leaking in.
 
+import { progressText } from './progress-text.js';
+
 // Resolved against this module, not the page, so a cross-origin embed finds its own sdweb.js.
 const SDWEB_URL = new URL('./sdweb.js', import.meta.url).href;
 let sdwebModule = null;
@@ -227,25 +229,22 @@ class SdGenerator extends HTMLElement {
   }
 
   #onProgress(ev) {
-    switch (ev.type) {
-      case 'download': this.#setStatus(`Downloading ${ev.file} ${(ev.loaded / 1e6).toFixed(1)} / ${(ev.total / 1e6).toFixed(1)} MB`, ev.total ? ev.loaded / ev.total : null); break;
-      case 'quantize': this.#setStatus(`Quantising ${ev.file} (once)`, ev.total ? ev.loaded / ev.total : null); break;
-      case 'load': this.#setStatus(`Loading weights ${Math.min(ev.index + 1, ev.count)}/${ev.count}`, (ev.index + 1) / ev.count); break;
-      case 'compile': this.#setStatus('Compiling shaders…', null); break;
-      case 'step': this.#setStatus(`Step ${ev.step}/${ev.steps}`, ev.step / ev.steps); break;
-      case 'decode': this.#setStatus('Decoding…', null); break;
-      case 'preview':
-        if (ev.bitmap) {
-          const c = this.#ui.canvas;
-          c.width = ev.bitmap.width; c.height = ev.bitmap.height;
-          c.getContext('2d').drawImage(ev.bitmap, 0, 0);
-          c.hidden = false;
-          this.#ui.img.hidden = true;
-          this.#ui.frame.hidden = false;
-          this.#ui.frame.classList.toggle('pixelated', Math.max(c.width, c.height) < 256);
-        }
-        break;
+    if (ev.type === 'preview') {
+      if (ev.bitmap) this.#showPreview(ev.bitmap);
+      return;
     }
+    const line = progressText(ev, { compact: true });
+    if (line) this.#setStatus(line.text, line.frac);
+  }
+
+  #showPreview(bitmap) {
+    const c = this.#ui.canvas;
+    c.width = bitmap.width; c.height = bitmap.height;
+    c.getContext('2d').drawImage(bitmap, 0, 0);
+    c.hidden = false;
+    this.#ui.img.hidden = true;
+    this.#ui.frame.hidden = false;
+    this.#ui.frame.classList.toggle('pixelated', Math.max(c.width, c.height) < 256);
   }
 
   #setStatus(text, frac) {

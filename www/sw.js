@@ -11,7 +11,10 @@ const CACHE = `sdweb-shell-${VERSION}`;
 // install fails if one of these is missing, which is what we want to notice.
 const SHELL = [
   'index.html', 'app.js', 'style.css', 'sdweb.js', 'worker.js', 'cache.js', 'sha256.js',
-  'sd-generator.js', 'manifest.webmanifest', 'icon.svg', 'pkg/sdweb.js', 'pkg/sdweb_bg.wasm',
+  'sd-generator.js', 'progress-text.js', 'mask-editor.js',
+  'app/status.js', 'app/format.js', 'app/model-picker.js', 'app/cached-models.js', 'app/generate-form.js',
+  'app/gallery.js', 'app/init-image.js', 'app/output-size.js', 'app/image-drop.js',
+  'manifest.webmanifest', 'icon.svg', 'pkg/sdweb.js', 'pkg/sdweb_bg.wasm',
 ];
 const SHELL_URLS = new Set(SHELL.map((p) => new URL(p, self.registration.scope).href));
 const INDEX_URL = new URL('index.html', self.registration.scope).href;
