@@ -1,6 +1,7 @@
 //! transformers' CLIPTextModel (SD 1.x: ViT-L/14 text tower; SD 2.x: OpenCLIP ViT-H/14,
-//! exported with its last layer removed). We return `last_hidden_state`, which is what
-//! diffusers' StableDiffusionPipeline feeds the UNet.
+//! exported with its last layer removed) and CLIPTextModelWithProjection (SDXL's second
+//! encoder, OpenCLIP ViT-bigG/14). SD 1.x/2.x feed the UNet `last_hidden_state`; SDXL feeds it
+//! both encoders' penultimate hidden states and the second one's projected pooled output.
 
 use burn::tensor::{Int, Tensor, TensorData};
 
@@ -24,6 +25,11 @@ pub struct ClipTextConfig {
     pub max_position_embeddings: usize,
     pub hidden_act: HiddenAct,
     pub layer_norm_eps: f64,
+    /// `projection_dim` of a CLIPTextModelWithProjection (its `text_projection`), else None.
+    pub projection_dim: Option<usize>,
+    /// Which token's state is pooled: the first `eos_token_id`, or (id 2, old configs) the
+    /// highest id, as transformers picks it.
+    pub eos_token_id: u32,
 }
 
 impl ClipTextConfig {
@@ -48,7 +54,17 @@ impl ClipTextConfig {
             max_position_embeddings: c.usize_or("max_position_embeddings", 77)?,
             hidden_act,
             layer_norm_eps: c.f64_or("layer_norm_eps", 1e-5)?,
+            projection_dim: None,
+            eos_token_id: c.usize_or("eos_token_id", 2)? as u32,
         };
+        let mut config = config;
+        let with_projection = c
+            .raw("architectures")
+            .and_then(|a| a.as_array())
+            .is_some_and(|a| a.iter().any(|n| n == "CLIPTextModelWithProjection"));
+        if with_projection {
+            config.projection_dim = Some(c.usize_or("projection_dim", 512)?);
+        }
         if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
             return Err(c.unsupported(
                 "num_attention_heads",
@@ -68,7 +84,6 @@ impl ClipTextConfig {
             "transformers_version",
             "projection_dim",
             "bos_token_id",
-            "eos_token_id",
             "pad_token_id",
             "num_channels",
             "patch_size",
@@ -99,6 +114,8 @@ pub struct ClipTextModel {
     token_embedding: Vec<Tensor<2>>,
     position_embedding: Tensor<2>,
     layers: Vec<EncoderLayer>,
+    /// `text_projection` (no bias) of a CLIPTextModelWithProjection.
+    text_projection: Option<Linear>,
     /// Causal self-attention, shared by every layer.
     attention: MultiHeadAttention,
     final_layer_norm: LayerNorm,
@@ -139,6 +156,10 @@ impl ClipTextModel {
             })
             .collect::<Result<Vec<_>, WeightError>>()?;
         let final_layer_norm = LayerNorm::load(&tm.pp("final_layer_norm"), d, eps)?;
+        let text_projection = config
+            .projection_dim
+            .map(|p| Linear::load(&w.pp("text_projection"), d, p, false))
+            .transpose()?;
         let heads = config.num_attention_heads;
         let attention = MultiHeadAttention::new(&tm, heads, d / heads, true);
         Ok(Self {
@@ -146,6 +167,7 @@ impl ClipTextModel {
             token_embedding,
             position_embedding,
             layers,
+            text_projection,
             attention,
             final_layer_norm,
         })
@@ -180,8 +202,14 @@ impl ClipTextModel {
         Tensor::cat(parts, 0)
     }
 
-    /// `ids`: one row of `max_position_embeddings` token ids per prompt → `[B, S, D]`.
+    /// `ids`: one row of `max_position_embeddings` token ids per prompt → `last_hidden_state`
+    /// `[B, S, D]`.
     pub fn forward(&self, ids: &[Vec<u32>]) -> Tensor<3> {
+        self.encode(ids).last_hidden_state
+    }
+
+    /// Every output a pipeline uses (see [`ClipTextOutput`]).
+    pub fn encode(&self, ids: &[Vec<u32>]) -> ClipTextOutput {
         let seq = ids[0].len();
         for row in ids {
             assert_eq!(
@@ -200,22 +228,76 @@ impl ClipTextModel {
             .map(|row| self.embed_tokens(row) + positions.clone())
             .collect();
         let mut x: Tensor<3> = Tensor::stack(embedded, 0);
+        let mut penultimate = x.clone();
         for layer in &self.layers {
-            let h = layer.layer_norm1.forward(x.clone());
-            let q = layer.q_proj.forward(h.clone());
-            let k = layer.k_proj.forward(h.clone());
-            let v = layer.v_proj.forward(h);
-            let a = self
-                .attention
-                .forward((&q).into(), (&k).into(), (&v).into());
-            x = layer.out_proj.forward_add(a, x);
-            let h = layer.fc1.forward(layer.layer_norm2.forward(x.clone()));
-            let h = match self.config.hidden_act {
-                HiddenAct::QuickGelu => quick_gelu(h),
-                HiddenAct::Gelu => gelu(h),
-            };
-            x = layer.fc2.forward_add(h, x);
+            penultimate = x.clone();
+            x = self.layer_forward(layer, x);
         }
-        self.final_layer_norm.forward(x)
+        let last_hidden_state = self.final_layer_norm.forward(x);
+        let text_embeds = self
+            .text_projection
+            .as_ref()
+            .map(|projection| projection.forward(self.pooled(&last_hidden_state, ids)));
+        ClipTextOutput {
+            last_hidden_state,
+            penultimate_hidden_state: penultimate,
+            text_embeds,
+        }
     }
+
+    fn layer_forward(&self, layer: &EncoderLayer, x: Tensor<3>) -> Tensor<3> {
+        let h = layer.layer_norm1.forward(x.clone());
+        let q = layer.q_proj.forward(h.clone());
+        let k = layer.k_proj.forward(h.clone());
+        let v = layer.v_proj.forward(h);
+        let a = self
+            .attention
+            .forward((&q).into(), (&k).into(), (&v).into());
+        let x = layer.out_proj.forward_add(a, x);
+        let h = layer.fc1.forward(layer.layer_norm2.forward(x.clone()));
+        let h = match self.config.hidden_act {
+            HiddenAct::QuickGelu => quick_gelu(h),
+            HiddenAct::Gelu => gelu(h),
+        };
+        layer.fc2.forward_add(h, x)
+    }
+
+    /// Each prompt's state at its end-of-text token `[B, D]`, as transformers' `pooler_output`.
+    fn pooled(&self, states: &Tensor<3>, ids: &[Vec<u32>]) -> Tensor<2> {
+        let [_, _, d] = states.dims();
+        let rows = ids
+            .iter()
+            .enumerate()
+            .map(|(b, row)| {
+                let at = eos_position(row, self.config.eos_token_id);
+                states
+                    .clone()
+                    .narrow(0, b, 1)
+                    .narrow(1, at, 1)
+                    .reshape([1, d])
+            })
+            .collect();
+        Tensor::cat(rows, 0)
+    }
+}
+
+/// The pooled token: the first `eos_token_id`, or the (first) highest id when the config's
+/// eos id is the legacy 2, as transformers' CLIPTextTransformer chooses.
+fn eos_position(row: &[u32], eos_token_id: u32) -> usize {
+    if eos_token_id == 2 {
+        let max = row.iter().copied().max().unwrap_or(0);
+        return row.iter().position(|&id| id == max).unwrap_or(0);
+    }
+    row.iter().position(|&id| id == eos_token_id).unwrap_or(0)
+}
+
+/// What a text encoder computes for a batch of prompts.
+pub struct ClipTextOutput {
+    /// `final_layer_norm` of the last layer's output (SD 1.x/2.x's UNet condition).
+    pub last_hidden_state: Tensor<3>,
+    /// `hidden_states[-2]`: the output of the layer before the last, without the final norm
+    /// (SDXL's condition, from both encoders).
+    pub penultimate_hidden_state: Tensor<3>,
+    /// `text_projection` of the pooled state `[B, projection_dim]` (CLIPTextModelWithProjection).
+    pub text_embeds: Option<Tensor<2>>,
 }
