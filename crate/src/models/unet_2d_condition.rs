@@ -60,6 +60,18 @@ pub struct UNet2DConditionConfig {
     pub num_attention_heads: Vec<usize>,
     pub use_linear_projection: bool,
     pub upcast_attention: bool,
+    /// SDXL's `addition_embed_type: "text_time"`; None for SD 1.x/2.x.
+    pub text_time: Option<TextTimeConfig>,
+}
+
+/// SDXL's added conditions: pooled text embeddings and the six size/crop numbers, embedded
+/// and added to the time embedding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextTimeConfig {
+    /// `addition_time_embed_dim`: the sinusoidal width of each of the six time ids.
+    pub time_embed_dim: usize,
+    /// `projection_class_embeddings_input_dim`: pooled text width + 6 · time_embed_dim.
+    pub input_dim: usize,
 }
 
 impl UNet2DConditionConfig {
@@ -108,7 +120,9 @@ impl UNet2DConditionConfig {
             None => attention_head_dim,
             Some(_) => c.usize_per_level("num_attention_heads", levels, 8)?,
         };
+        let text_time = text_time_config(&mut c)?;
         let config = Self {
+            text_time,
             sample_size: c.usize_or("sample_size", 64)?,
             in_channels: c.usize_or("in_channels", 4)?,
             out_channels: c.usize_or("out_channels", 4)?,
@@ -153,8 +167,6 @@ impl UNet2DConditionConfig {
         )?;
         for key in [
             "class_embed_type",
-            "addition_embed_type",
-            "addition_time_embed_dim",
             "num_class_embeds",
             "encoder_hid_dim",
             "encoder_hid_dim_type",
@@ -162,7 +174,6 @@ impl UNet2DConditionConfig {
             "time_embedding_act_fn",
             "timestep_post_act",
             "time_cond_proj_dim",
-            "projection_class_embeddings_input_dim",
             "mid_block_only_cross_attention",
             "cross_attention_norm",
             "reverse_transformer_layers_per_block",
@@ -181,6 +192,51 @@ impl UNet2DConditionConfig {
     }
 }
 
+/// `addition_embed_type` and its two sizes: "text_time" (SDXL) or absent.
+fn text_time_config(c: &mut ConfigReader) -> Result<Option<TextTimeConfig>, ConfigError> {
+    let kind = c.raw("addition_embed_type").cloned();
+    match kind.as_ref().and_then(|v| v.as_str()) {
+        None if kind.is_none() => {
+            for key in [
+                "addition_time_embed_dim",
+                "projection_class_embeddings_input_dim",
+            ] {
+                if let Some(v) = c.raw(key).cloned() {
+                    return Err(c.unsupported(key, v, "is only used with addition_embed_type"));
+                }
+            }
+            Ok(None)
+        }
+        Some("text_time") => {
+            let time_embed_dim = c.usize_or("addition_time_embed_dim", 256)?;
+            let input_dim = c.usize_or("projection_class_embeddings_input_dim", 2816)?;
+            if input_dim <= 6 * time_embed_dim {
+                return Err(c.unsupported(
+                    "projection_class_embeddings_input_dim",
+                    input_dim,
+                    "must exceed 6 × addition_time_embed_dim (it adds the pooled text embedding)",
+                ));
+            }
+            Ok(Some(TextTimeConfig {
+                time_embed_dim,
+                input_dim,
+            }))
+        }
+        _ => Err(c.unsupported(
+            "addition_embed_type",
+            kind.unwrap_or_default(),
+            "only \"text_time\" (SDXL) is implemented",
+        )),
+    }
+}
+
+/// SDXL's added conditions for one batch: `text_embeds` `[B, pooled]` (text_encoder_2's
+/// projected pooled output) and `time_ids` `[B, 6]` (original size, crop top-left, target size).
+pub struct AddedConditions {
+    pub text_embeds: Tensor<2>,
+    pub time_ids: Vec<[f64; 6]>,
+}
+
 struct DownBlock {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<Transformer2DModel>,
@@ -197,6 +253,8 @@ pub struct UNet2DConditionModel {
     config: UNet2DConditionConfig,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    /// `add_embedding.linear_1/2` (SDXL's text_time).
+    add_embedding: Option<(Linear, Linear)>,
     conv_in: Conv2d,
     down_blocks: Vec<DownBlock>,
     mid_resnets: [ResnetBlock2D; 2],
@@ -328,7 +386,18 @@ impl UNet2DConditionModel {
             });
         }
 
+        let add_embedding = c
+            .text_time
+            .map(|tt| {
+                let aw = w.pp("add_embedding");
+                Ok::<_, WeightError>((
+                    Linear::load(&aw.pp("linear_1"), tt.input_dim, temb, true)?,
+                    Linear::load(&aw.pp("linear_2"), temb, temb, true)?,
+                ))
+            })
+            .transpose()?;
         Ok(Self {
+            add_embedding,
             time_linear_1: Linear::load(&w.pp("time_embedding").pp("linear_1"), ch[0], temb, true)?,
             time_linear_2: Linear::load(&w.pp("time_embedding").pp("linear_2"), temb, temb, true)?,
             conv_in: Conv2d::load(&w.pp("conv_in"), c.in_channels, ch[0], 3, 1, 1)?,
@@ -346,16 +415,21 @@ impl UNet2DConditionModel {
         &self.config
     }
 
-    /// diffusers' `get_timestep_embedding`, computed in f32 like torch does.
+    /// diffusers' `get_timestep_embedding` of `timestep`, computed in f32 like torch does.
     pub fn timestep_embedding(&self, timestep: f64, batch: usize) -> Vec<f32> {
-        let dim = self.config.block_out_channels[0];
+        self.sinusoidal(timestep, self.config.block_out_channels[0])
+            .repeat(batch)
+    }
+
+    /// `get_timestep_embedding(value)` of width `dim` with this UNet's flip and shift.
+    fn sinusoidal(&self, value: f64, dim: usize) -> Vec<f32> {
         let half = dim / 2;
         let mut row = vec![0f32; dim];
         let log_period = -(10000f64.ln());
         for i in 0..half {
             let exponent =
                 (log_period * i as f64) as f32 / (half as f64 - self.config.freq_shift) as f32;
-            let arg = timestep as f32 * exponent.exp();
+            let arg = value as f32 * exponent.exp();
             let (sin, cos) = (arg.sin(), arg.cos());
             if self.config.flip_sin_to_cos {
                 row[i] = cos;
@@ -365,22 +439,68 @@ impl UNet2DConditionModel {
                 row[half + i] = cos;
             }
         }
-        row.repeat(batch)
+        row
+    }
+
+    /// The time embedding (before its SiLU), plus SDXL's added-condition embedding.
+    fn time_embedding(
+        &self,
+        timestep: f64,
+        batch: usize,
+        dtype: burn::tensor::DType,
+        device: &burn::tensor::Device,
+        added: Option<&AddedConditions>,
+    ) -> Tensor<2> {
+        let dim = self.config.block_out_channels[0];
+        let t_emb = Tensor::<2>::from_data(
+            TensorData::new(self.timestep_embedding(timestep, batch), [batch, dim]),
+            device,
+        )
+        .cast(dtype);
+        let temb = self
+            .time_linear_2
+            .forward(silu(self.time_linear_1.forward(t_emb)));
+        let (Some((linear_1, linear_2)), Some(tt), Some(added)) =
+            (&self.add_embedding, self.config.text_time, added)
+        else {
+            return temb;
+        };
+        // add_time_proj of each id, flattened per image: [B, 6 · time_embed_dim].
+        let ids: Vec<f32> = added
+            .time_ids
+            .iter()
+            .flat_map(|row| {
+                row.iter()
+                    .flat_map(|&v| self.sinusoidal(v, tt.time_embed_dim))
+            })
+            .collect();
+        let time_embeds =
+            Tensor::<2>::from_data(TensorData::new(ids, [batch, 6 * tt.time_embed_dim]), device)
+                .cast(dtype);
+        let add = Tensor::cat(vec![added.text_embeds.clone().cast(dtype), time_embeds], 1);
+        temb + linear_2.forward(silu(linear_1.forward(add)))
     }
 
     /// `sample`: `[B, in_channels, h, w]`; `context`: `[B, 77, cross_attention_dim]`.
     pub fn forward(&self, sample: Tensor<4>, timestep: f64, context: Tensor<3>) -> Tensor<4> {
+        self.forward_with(sample, timestep, context, None)
+    }
+
+    /// [`Self::forward`] with SDXL's added conditions (required when the config has text_time).
+    pub fn forward_with(
+        &self,
+        sample: Tensor<4>,
+        timestep: f64,
+        context: Tensor<3>,
+        added: Option<&AddedConditions>,
+    ) -> Tensor<4> {
         let [batch, ..] = sample.dims();
-        let device = sample.device();
-        let dim = self.config.block_out_channels[0];
-        let t_emb = Tensor::<2>::from_data(
-            TensorData::new(self.timestep_embedding(timestep, batch), [batch, dim]),
-            &device,
-        )
-        .cast(sample.dtype());
-        let temb = self
-            .time_linear_2
-            .forward(silu(self.time_linear_1.forward(t_emb)));
+        assert_eq!(
+            self.add_embedding.is_some(),
+            added.is_some(),
+            "SDXL's added conditions are given exactly when the UNet has text_time"
+        );
+        let temb = self.time_embedding(timestep, batch, sample.dtype(), &sample.device(), added);
         // Every ResNet block starts with silu(temb): computed once here.
         let temb = silu(temb);
 
@@ -457,6 +577,40 @@ mod tests {
                 && err.contains("only the SD 1.x/2.x block types"),
             "{err}"
         );
+        // SDXL's added conditions: "text_time" with its two sizes; other kinds are named.
+        let base = r#""block_out_channels": [32, 64], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "attention_head_dim": [2, 4]"#;
+        let xl = parse(&format!(
+            r#"{{{base}, "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 80, "addition_embed_type_num_heads": 64}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            xl.text_time,
+            Some(TextTimeConfig {
+                time_embed_dim: 8,
+                input_dim: 80
+            })
+        );
+        for (extra, expected) in [
+            (
+                r#""addition_embed_type": "image""#,
+                "only \"text_time\" (SDXL)",
+            ),
+            (
+                r#""addition_time_embed_dim": 8"#,
+                "is only used with addition_embed_type",
+            ),
+            (
+                r#""addition_embed_type": "text_time", "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 48"#,
+                "must exceed 6 × addition_time_embed_dim",
+            ),
+        ] {
+            let err = parse(&format!("{{{base}, {extra}}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
         // A down-block name in the up list is no up block.
         assert!(parse(r#"{"block_out_channels": [32], "down_block_types": ["DownBlock2D"], "up_block_types": ["DownBlock2D"]}"#).is_err());
     }
