@@ -179,30 +179,39 @@ function repository(cache, root, revision, progress, label = '') {
 // when published (half the download; converted on upload), else f32; with `quantize`, a
 // quantised copy cached under a derived name (made once, chunk by chunk, then the original is
 // dropped), which later loads read instead.
-async function planLoad(repo, taesdRepo, quantize) {
-  const layout = modelLayout(quantize ?? undefined); // crate/src/layout.rs: what a diffusers folder holds
-  const plan = { files: [], tokenizer: {}, weights: {}, preview: null, layout };
-  const add = (file, extra = {}) => {
-    if (file) plan.files.push({ repo, ...file, ...extra });
-    return file;
-  };
-  add(await repo.pick([layout.modelIndex]));
-  // The tokenizer: tokenizer.json (fast layout) or vocab.json + merges.txt (original SD layout).
-  const [vocabPath, mergesPath] = layout.tokenizerVocab;
+// One tokenizer folder: tokenizer.json (fast layout) or vocab.json + merges.txt (original SD
+// layout), plus its optional settings files -> { file role: path }.
+async function planTokenizer(repo, { json, vocab: [vocabPath, mergesPath], optional: [configPath, specialTokensPath] }, add) {
   const slow = async (optional) => {
     const vocab = await repo.pick([vocabPath], { optional });
     const merges = vocab && (await repo.pick([mergesPath], { optional }));
     return vocab && merges ? { vocabJson: vocab, mergesTxt: merges } : null;
   };
   const cachedSlow = await slow(true).then((files) => (files?.vocabJson.cached && files.mergesTxt.cached ? files : null));
-  const fast = cachedSlow ? null : await repo.pick([layout.tokenizerJson], { optional: true });
+  const fast = cachedSlow ? null : await repo.pick([json], { optional: true });
   const tokenizer = cachedSlow ?? (fast ? { tokenizerJson: fast } : await slow(false));
-  const [configPath, specialTokensPath] = layout.tokenizerOptional;
   tokenizer.tokenizerConfigJson = await repo.pick([configPath], { optional: true });
   tokenizer.specialTokensMapJson = await repo.pick([specialTokensPath], { optional: true });
-  for (const [key, file] of Object.entries(tokenizer)) if (add(file)) plan.tokenizer[key] = file.path;
+  const paths = {};
+  for (const [key, file] of Object.entries(tokenizer)) if (add(file)) paths[key] = file.path;
+  return paths;
+}
 
-  for (const { name: component, config, weights, quantizedCopy } of layout.components) {
+async function planLoad(repo, taesdRepo, quantize) {
+  const layout = modelLayout(quantize ?? undefined); // crate/src/layout.rs: what a diffusers folder holds
+  const plan = { files: [], tokenizers: {}, weights: {}, preview: null, layout };
+  const add = (file, extra = {}) => {
+    if (file) plan.files.push({ repo, ...file, ...extra });
+    return file;
+  };
+  add(await repo.pick([layout.modelIndex]));
+  // SDXL folders have a second text encoder and tokenizer (model_index.json says so too, but
+  // it is not read before the plan is complete: nothing is downloaded before the quota check).
+  const xl = Boolean(await repo.pick([layout.xlMarker], { optional: true }));
+  for (const tokenizer of layout.tokenizers.filter((t) => xl || !t.xl)) {
+    plan.tokenizers[tokenizer.folder] = await planTokenizer(repo, tokenizer, add);
+  }
+  for (const { name: component, config, weights, quantizedCopy } of layout.components.filter((c) => xl || !c.xl)) {
     add(await repo.pick([config]));
     // Made here, never on a server: only the cache can have it.
     const derived = quantizedCopy && (await repo.cached(quantizedCopy));
@@ -262,7 +271,8 @@ async function load({ model, revision, precision, quantize, kernels, taesd, port
   await checkSpaceFor(cache, plan, base.split('/').filter(Boolean).pop() ?? base, quantize);
   await wasmReady;
   await repo.fetch(plan.files[0]);
-  checkModelIndex(await repo.text(plan.layout.modelIndex), `${base}/${plan.layout.modelIndex}`);
+  const modelIndex = await repo.text(plan.layout.modelIndex);
+  checkModelIndex(modelIndex, `${base}/${plan.layout.modelIndex}`);
 
   for (const file of plan.files.slice(1)) {
     await file.repo.fetch(file);
@@ -273,7 +283,6 @@ async function load({ model, revision, precision, quantize, kernels, taesd, port
       plan.weights[file.component] = { ...plan.weights[file.component], ...stored };
     }
   }
-  const tokenizerFiles = plan.tokenizer;
   const weights = plan.weights;
 
   // Optional TAESD (a separate repository) for image-sized previews after each step.
@@ -286,9 +295,12 @@ async function load({ model, revision, precision, quantize, kernels, taesd, port
   const loader = await ModelLoader.create(base.split('/').filter(Boolean).pop() ?? base, { precision, quantize, kernels });
   try {
     const bytes = async (path) => (path ? cache.bytes(url(path), revision) : undefined);
-    loader.setTokenizer(
-      await bytes(tokenizerFiles.tokenizerJson), await bytes(tokenizerFiles.vocabJson), await bytes(tokenizerFiles.mergesTxt),
-      await bytes(tokenizerFiles.tokenizerConfigJson), await bytes(tokenizerFiles.specialTokensMapJson));
+    loader.setModelIndex(modelIndex, `${base}/${plan.layout.modelIndex}`);
+    for (const [folder, files] of Object.entries(plan.tokenizers)) {
+      loader.setTokenizer(folder,
+        await bytes(files.tokenizerJson), await bytes(files.vocabJson), await bytes(files.mergesTxt),
+        await bytes(files.tokenizerConfigJson), await bytes(files.specialTokensMapJson));
+    }
     loader.setSchedulerConfig(await cache.text(url(plan.layout.schedulerConfig), revision));
     let fileIndex = 0;
     const components = Object.keys(weights);

@@ -9,6 +9,8 @@ use crate::weights::QuantType;
 pub const MODEL_INDEX: &str = "model_index.json";
 pub const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
 pub const TOKENIZER_FOLDER: &str = "tokenizer";
+/// SDXL's second tokenizer (OpenCLIP bigG's, padding with "!").
+pub const TOKENIZER_2_FOLDER: &str = "tokenizer_2";
 /// Inside [`TOKENIZER_FOLDER`]: the fast layout (one file) or the original SD layout (two).
 pub const TOKENIZER_JSON: &str = "tokenizer.json";
 pub const VOCAB_JSON: &str = "vocab.json";
@@ -53,20 +55,32 @@ pub fn quantized_copy(component: Component, quant: QuantType) -> String {
     )
 }
 
-/// The layout as the worker reads it (`modelLayout(quantize)` in wasm).
+/// The layout as the worker reads it (`modelLayout(quantize)` in wasm). Parts marked `xl`
+/// belong to SDXL pipelines only; a folder is SDXL when it has `xlMarker` (the worker probes
+/// it before the download is planned, so the whole plan is known before its first byte).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BrowserLayout {
     pub model_index: &'static str,
     pub scheduler_config: &'static str,
-    /// Fast layout first; the original SD layout (vocab + merges) when it is absent.
-    pub tokenizer_json: String,
-    pub tokenizer_vocab: [String; 2],
-    pub tokenizer_optional: [String; 2],
+    pub xl_marker: String,
+    pub tokenizers: Vec<BrowserTokenizer>,
     pub components: Vec<BrowserComponent>,
     /// TAESD's repository (madebyollin/taesd): a config and the weights at its root.
     pub preview_config: &'static str,
     pub preview_weights: String,
+}
+
+/// One tokenizer folder's files.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserTokenizer {
+    pub folder: &'static str,
+    /// Fast layout first; the original SD layout (vocab + merges) when it is absent.
+    pub json: String,
+    pub vocab: [String; 2],
+    pub optional: [String; 2],
+    pub xl: bool,
 }
 
 #[derive(Serialize)]
@@ -78,26 +92,36 @@ pub struct BrowserComponent {
     pub weights: [String; 2],
     /// The quantised copy's name when the load quantises.
     pub quantized_copy: Option<String>,
+    pub xl: bool,
 }
 
 pub fn browser_layout(quant: Option<QuantType>) -> BrowserLayout {
-    let tokenizer = |file: &str| format!("{TOKENIZER_FOLDER}/{file}");
+    let tokenizer = |folder: &'static str, xl: bool| {
+        let file = |name: &str| format!("{folder}/{name}");
+        BrowserTokenizer {
+            folder,
+            json: file(TOKENIZER_JSON),
+            vocab: [file(VOCAB_JSON), file(MERGES_TXT)],
+            optional: [file(TOKENIZER_CONFIG_JSON), file(SPECIAL_TOKENS_MAP_JSON)],
+            xl,
+        }
+    };
     BrowserLayout {
         model_index: MODEL_INDEX,
         scheduler_config: SCHEDULER_CONFIG,
-        tokenizer_json: tokenizer(TOKENIZER_JSON),
-        tokenizer_vocab: [tokenizer(VOCAB_JSON), tokenizer(MERGES_TXT)],
-        tokenizer_optional: [
-            tokenizer(TOKENIZER_CONFIG_JSON),
-            tokenizer(SPECIAL_TOKENS_MAP_JSON),
+        xl_marker: config_path(Component::TextEncoder2),
+        tokenizers: vec![
+            tokenizer(TOKENIZER_FOLDER, false),
+            tokenizer(TOKENIZER_2_FOLDER, true),
         ],
-        components: Component::ALL
+        components: Component::ALL_XL
             .into_iter()
             .map(|c| BrowserComponent {
                 name: c.folder(),
                 config: config_path(c),
                 weights: weights_candidates(c, true),
                 quantized_copy: quant.map(|q| quantized_copy(c, q)),
+                xl: !Component::ALL.contains(&c),
             })
             .collect(),
         preview_config: "config.json",

@@ -1,26 +1,26 @@
 //! Assembling a pipeline: [`PipelineBuilder`] is the one constructor (components streamed in
 //! one by one, as the browser does), and the folder loaders feed it from disk.
 
-use std::path::Path;
-
 use burn::tensor::{DType, Device};
 
-use super::{Component, PipelineError, StableDiffusion};
+use super::{Component, PipelineError, SdxlEncoder, StableDiffusion};
 use crate::config::{ConfigError, ConfigReader};
 use crate::kernels::KernelPolicy;
 use crate::layout;
+use crate::model_index::ModelIndex;
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::ClipTokenizer;
-use crate::weights::{QuantPolicy, TensorStore, find_component_file};
+use crate::weights::{QuantPolicy, TensorStore};
 
 /// A component's parsed config.json.
 #[derive(Clone, Debug)]
 pub enum ComponentConfig {
     TextEncoder(ClipTextConfig),
+    TextEncoder2(ClipTextConfig),
     Unet(UNet2DConditionConfig),
     Vae(AutoencoderKLConfig),
     PreviewDecoder(AutoencoderTinyConfig),
@@ -35,6 +35,7 @@ impl ComponentConfig {
         let reader = ConfigReader::parse(config_json, source)?;
         Ok(match component {
             Component::TextEncoder => Self::TextEncoder(ClipTextConfig::from_reader(reader)?),
+            Component::TextEncoder2 => Self::TextEncoder2(ClipTextConfig::from_reader(reader)?),
             Component::Unet => Self::Unet(UNet2DConditionConfig::from_reader(reader)?),
             Component::Vae => Self::Vae(AutoencoderKLConfig::from_reader(reader)?),
             Component::PreviewDecoder => {
@@ -46,6 +47,7 @@ impl ComponentConfig {
     pub fn component(&self) -> Component {
         match self {
             Self::TextEncoder(_) => Component::TextEncoder,
+            Self::TextEncoder2(_) => Component::TextEncoder2,
             Self::Unet(_) => Component::Unet,
             Self::Vae(_) => Component::Vae,
             Self::PreviewDecoder(_) => Component::PreviewDecoder,
@@ -77,11 +79,14 @@ pub struct PipelineBuilder {
     device: Device,
     dtype: DType,
     tokenizer: Option<ClipTokenizer>,
+    tokenizer_2: Option<ClipTokenizer>,
     text_encoder: Option<ClipTextModel>,
+    text_encoder_2: Option<ClipTextModel>,
     unet: Option<UNet2DConditionModel>,
     vae: Option<AutoencoderKL>,
     preview_decoder: Option<AutoencoderTiny>,
     scheduler_config: Option<SchedulerConfig>,
+    model_index: Option<ModelIndex>,
     options: LoadOptions,
 }
 
@@ -92,11 +97,14 @@ impl PipelineBuilder {
             device: device.clone(),
             dtype,
             tokenizer: None,
+            tokenizer_2: None,
             text_encoder: None,
+            text_encoder_2: None,
             unet: None,
             vae: None,
             preview_decoder: None,
             scheduler_config: None,
+            model_index: None,
             options: LoadOptions::default(),
         }
     }
@@ -108,6 +116,34 @@ impl PipelineBuilder {
 
     pub fn set_tokenizer(&mut self, tokenizer: ClipTokenizer) {
         self.tokenizer = Some(tokenizer);
+    }
+
+    /// SDXL's second tokenizer (for `text_encoder_2`).
+    pub fn set_tokenizer_2(&mut self, tokenizer: ClipTokenizer) {
+        self.tokenizer_2 = Some(tokenizer);
+    }
+
+    /// The tokenizer of `folder` (`tokenizer` or SDXL's `tokenizer_2`).
+    pub fn set_tokenizer_of(
+        &mut self,
+        folder: &str,
+        tokenizer: ClipTokenizer,
+    ) -> Result<(), PipelineError> {
+        match folder {
+            layout::TOKENIZER_FOLDER => self.set_tokenizer(tokenizer),
+            layout::TOKENIZER_2_FOLDER => self.set_tokenizer_2(tokenizer),
+            other => {
+                return Err(PipelineError::Invalid(format!(
+                    "unknown tokenizer folder {other:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checked model_index.json (SDXL's `force_zeros_for_empty_prompt`).
+    pub fn set_model_index(&mut self, index: ModelIndex) {
+        self.model_index = Some(index);
     }
 
     pub fn set_scheduler_config(&mut self, json: &str) -> Result<(), PipelineError> {
@@ -156,6 +192,9 @@ impl PipelineBuilder {
             ComponentConfig::TextEncoder(c) => {
                 self.text_encoder = Some(ClipTextModel::load(&root, c)?)
             }
+            ComponentConfig::TextEncoder2(c) => {
+                self.text_encoder_2 = Some(ClipTextModel::load(&root, c)?)
+            }
             ComponentConfig::Unet(c) => self.unet = Some(UNet2DConditionModel::load(&root, c)?),
             ComponentConfig::Vae(c) => self.vae = Some(AutoencoderKL::load(&root, c, true)?),
             ComponentConfig::PreviewDecoder(c) => {
@@ -176,10 +215,36 @@ impl PipelineBuilder {
         let scheduler_config = self
             .scheduler_config
             .ok_or_else(|| missing("scheduler/scheduler_config.json"))?;
+        let xl = match (self.text_encoder_2, unet.config().text_time) {
+            (Some(text_encoder_2), Some(_)) => {
+                let tokenizer_2 = self.tokenizer_2.ok_or_else(|| missing("tokenizer_2"))?;
+                Some(SdxlEncoder {
+                    tokenizer_2,
+                    text_encoder_2,
+                })
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(PipelineError::Invalid(format!(
+                    "model {name}: text_encoder_2 was loaded but the UNet has no addition_embed_type \"text_time\" to take its pooled output"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(missing(
+                    "text_encoder_2 (the UNet takes SDXL's added conditions, addition_embed_type \"text_time\")",
+                ));
+            }
+        };
+        check_widths(&name, &text_encoder, xl.as_ref(), &unet)?;
+        let force_zeros = self
+            .model_index
+            .map_or(xl.is_some(), |i| i.force_zeros_for_empty_prompt);
         Ok(StableDiffusion {
             name,
             tokenizer,
             text_encoder,
+            xl,
+            force_zeros_for_empty_prompt: force_zeros,
             unet,
             vae,
             scheduler_config,
@@ -192,82 +257,41 @@ impl PipelineBuilder {
     }
 }
 
-impl StableDiffusion {
-    /// Loads a diffusers folder. `dtype`: F32 (always works) or F16 (needs shader-f16).
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, PipelineError> {
-        Self::load_with(dir, device, dtype, LoadOptions::default())
-    }
-
-    /// [`Self::load`] with quantisation and kernels as `options` say.
-    pub fn load_with(
-        dir: &Path,
-        device: &Device,
-        dtype: DType,
-        options: LoadOptions,
-    ) -> Result<Self, PipelineError> {
-        let index = dir.join(layout::MODEL_INDEX);
-        if !index.is_file() {
+/// The text encoders' widths against what the UNet takes, checked before any GPU work: SD's
+/// cross-attention width is the encoder's; SDXL's is both encoders' concatenated, and its added
+/// embedding takes the pooled projection plus six time embeddings.
+fn check_widths(
+    name: &str,
+    text_encoder: &ClipTextModel,
+    xl: Option<&SdxlEncoder>,
+    unet: &UNet2DConditionModel,
+) -> Result<(), PipelineError> {
+    let unet_config = unet.config();
+    let mut width = text_encoder.config().hidden_size;
+    if let (Some(xl), Some(tt)) = (xl, unet_config.text_time) {
+        let c2 = xl.text_encoder_2.config();
+        width += c2.hidden_size;
+        let pooled = c2.projection_dim.ok_or_else(|| {
+            PipelineError::Invalid(format!(
+                "model {name}: text_encoder_2 must be a CLIPTextModelWithProjection (its config names no projection)"
+            ))
+        })?;
+        if pooled + 6 * tt.time_embed_dim != tt.input_dim {
             return Err(PipelineError::Invalid(format!(
-                "{} is not a diffusers model folder (no model_index.json)",
-                dir.display()
+                "model {name}: the UNet's projection_class_embeddings_input_dim is {}, but text_encoder_2's projection_dim {pooled} + 6 × addition_time_embed_dim {} = {}",
+                tt.input_dim,
+                tt.time_embed_dim,
+                pooled + 6 * tt.time_embed_dim
             )));
         }
-        crate::model_index::check_model_index(&read_text(&index)?, &index.display().to_string())
-            .map_err(PipelineError::Invalid)?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| dir.display().to_string());
-        let mut builder = PipelineBuilder::new(name, device, dtype).with_options(options);
-        builder.set_tokenizer(ClipTokenizer::from_dir(
-            &dir.join(layout::TOKENIZER_FOLDER),
-        )?);
-        for component in Component::ALL {
-            let config_path = dir.join(layout::config_path(component));
-            let config_text = read_text(&config_path)?;
-            let mut load = builder.begin_component(
-                component,
-                &config_text,
-                &config_path.display().to_string(),
-            )?;
-            let weights = find_component_file(
-                &dir.join(component.folder()),
-                component.weights_stem(),
-                dtype == DType::F16,
-            )?;
-            load.store
-                .load_safetensors_file(&weights, &|n| Some(n.to_string()))?;
-            builder.finish_component(load)?;
-        }
-        builder.set_scheduler_config(&read_text(&dir.join(layout::SCHEDULER_CONFIG))?)?;
-        builder.build()
     }
-
-    /// Loads TAESD (a diffusers `AutoencoderTiny` folder: config.json + weights) for previews.
-    pub fn load_preview_decoder(&mut self, dir: &Path) -> Result<(), PipelineError> {
-        let config_path = dir.join("config.json");
-        let text = read_text(&config_path)?;
-        let config = AutoencoderTinyConfig::from_reader(ConfigReader::parse(
-            &text,
-            &config_path.display().to_string(),
-        )?)?;
-        let mut store = TensorStore::new(&self.device, DType::F32, dir.display().to_string());
-        store.set_kernel_policy(self.kernels);
-        let weights = find_component_file(dir, "diffusion_pytorch_model", false)?;
-        // Previews need the decoder only.
-        store.load_safetensors_file(&weights, &|n| {
-            (!n.starts_with("encoder.")).then(|| n.to_string())
-        })?;
-        self.preview_decoder = Some(AutoencoderTiny::load(&store.root(), config)?);
-        Ok(())
+    if width != unet_config.cross_attention_dim {
+        return Err(PipelineError::Invalid(format!(
+            "model {name}: the UNet's cross_attention_dim is {}, but the text encoder{} give{} {width}",
+            unet_config.cross_attention_dim,
+            if xl.is_some() { "s" } else { "" },
+            if xl.is_some() { "" } else { "s" },
+        )));
     }
-}
-
-fn read_text(path: &Path) -> Result<String, PipelineError> {
-    std::fs::read_to_string(path).map_err(|error| {
-        PipelineError::Config(ConfigError::Io {
-            file: path.display().to_string(),
-            error,
-        })
-    })
+    Ok(())
 }

@@ -3,6 +3,7 @@
 use burn::tensor::{Tensor, TensorData};
 
 use super::latents::Inpainting;
+use super::prompt::Condition;
 use super::*;
 use crate::checks;
 use crate::launches::DispatchCounter;
@@ -10,28 +11,6 @@ use crate::noise::NoiseGenerator;
 use crate::schedulers;
 
 impl StableDiffusion {
-    /// Token ids for the text encoder: with CFG `[negative, prompt]`, as diffusers stacks them.
-    pub fn tokenize(
-        &self,
-        prompt: &str,
-        negative: &str,
-        cfg: bool,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Vec<Vec<u32>> {
-        let encoded = self.tokenizer.encode(prompt);
-        progress(Progress::Tokenized {
-            truncated: encoded.truncated,
-            token_count: encoded.token_count,
-            max_length: self.tokenizer.max_length(),
-        });
-        let mut rows = Vec::new();
-        if cfg {
-            rows.push(self.tokenizer.encode(negative).ids);
-        }
-        rows.push(encoded.ids);
-        rows
-    }
-
     /// Runs the whole pipeline. Async because browsers can only read GPU results asynchronously.
     pub async fn generate(
         &self,
@@ -98,7 +77,7 @@ impl StableDiffusion {
             timings.compiled_pipelines = report.pipelines;
         }
         let cfg = req.guidance > 1.0;
-        let context = self
+        let condition = self
             .encode_prompt(req, cfg, clock, &mut timings, progress)
             .await?;
         // One generator per image, drawn in diffusers' order (see `prepare_latents`), then any
@@ -123,7 +102,7 @@ impl StableDiffusion {
                 start.inpaint.as_ref(),
             );
             let noise_pred =
-                read_back(self.guided_noise(x, t, &context, cfg.then_some(req.guidance))).await?;
+                read_back(self.guided_noise(x, t, &condition, cfg.then_some(req.guidance))).await?;
             checks::check_finite(
                 &format!("the UNet's output at step {index} of {total}"),
                 &noise_pred,
@@ -160,30 +139,6 @@ impl StableDiffusion {
         })
     }
 
-    /// Tokenises and encodes the prompt (with CFG, `[negative, prompt]`), timing both.
-    async fn encode_prompt(
-        &self,
-        req: &GenerateRequest,
-        cfg: bool,
-        clock: &dyn Clock,
-        timings: &mut Timings,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Result<Tensor<3>, PipelineError> {
-        let t0 = clock.now_ms();
-        let ids = self.tokenize(&req.prompt, &req.negative_prompt, cfg, progress);
-        timings.tokenize_ms = clock.now_ms() - t0;
-        let t1 = clock.now_ms();
-        let counter = DispatchCounter::start();
-        let context = self.text_encoder.forward(&ids);
-        // Reading one value waits for the encoder, so its time is not billed to the first step.
-        read_back(context.clone().slice([0..1, 0..1, 0..1])).await?;
-        timings.text_encoder_dispatches = counter.count();
-        drop(counter);
-        timings.text_encoder_ms = clock.now_ms() - t1;
-        progress(Progress::TextEncoded);
-        Ok(context)
-    }
-
     /// The UNet's input at one step: the scaled latents, and for a 9-channel inpainting UNet
     /// `[latents, mask, masked image latents]` along channels (batch 1: plane order).
     fn unet_input(
@@ -209,7 +164,7 @@ impl StableDiffusion {
         &self,
         x: Tensor<4>,
         t: f64,
-        context: &Tensor<3>,
+        condition: &Condition,
         guidance: Option<f64>,
     ) -> Tensor<4> {
         let x = x.cast(self.dtype);
@@ -218,7 +173,10 @@ impl StableDiffusion {
         } else {
             x
         };
-        let out = self.unet.forward(x, t, context.clone()).cast(DType::F32);
+        let out = self
+            .unet
+            .forward_with(x, t, condition.context.clone(), condition.added.as_ref())
+            .cast(DType::F32);
         match guidance {
             Some(scale) => {
                 let uncond = out.clone().narrow(0, 0, 1);

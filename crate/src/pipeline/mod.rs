@@ -1,8 +1,9 @@
 //! StableDiffusionPipeline: a diffusers model folder → prompt → image, as diffusers does it.
 //! By stage, as diffusers' pipeline reads:
-//! - `builder`: [`PipelineBuilder`] (the one constructor) and the folder loaders;
+//! - `builder`: [`PipelineBuilder`] (the one constructor); `folder`: the folder loaders;
+//! - `prompt`: tokenising and encoding the prompt (SD's one encoder, SDXL's two);
 //! - `request`: what a generation takes and reports ([`GenerateRequest`], [`InitImage`], [`Progress`]);
-//! - `denoise`: prompt encoding and the denoising loop;
+//! - `denoise`: the denoising loop and classifier-free guidance;
 //! - `latents`: `prepare_latents` / `get_timesteps` / `prepare_mask_latents` per mode;
 //! - `vae`: encode, decode, previews, and the compile pass.
 //!
@@ -13,7 +14,9 @@
 
 mod builder;
 mod denoise;
+mod folder;
 mod latents;
+mod prompt;
 mod request;
 mod vae;
 
@@ -79,6 +82,10 @@ pub struct StableDiffusion {
     name: String,
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextModel,
+    /// SDXL's second tokenizer and text encoder.
+    xl: Option<SdxlEncoder>,
+    /// SDXL: an empty negative prompt is zeros (model_index.json).
+    force_zeros_for_empty_prompt: bool,
     unet: UNet2DConditionModel,
     vae: AutoencoderKL,
     scheduler_config: SchedulerConfig,
@@ -91,10 +98,18 @@ pub struct StableDiffusion {
     compiled: std::sync::Mutex<Vec<CompileKey>>,
 }
 
-/// The three weight-carrying components of a pipeline, by their diffusers folder names.
+/// SDXL's second text encoder (OpenCLIP bigG with projection) and its tokenizer.
+pub struct SdxlEncoder {
+    tokenizer_2: ClipTokenizer,
+    text_encoder_2: ClipTextModel,
+}
+
+/// The weight-carrying components of a pipeline, by their diffusers folder names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
     TextEncoder,
+    /// SDXL's second text encoder (CLIPTextModelWithProjection).
+    TextEncoder2,
     Unet,
     Vae,
     /// Optional TAESD for previews (its own repository, e.g. madebyollin/taesd).
@@ -104,10 +119,18 @@ pub enum Component {
 impl Component {
     /// What every pipeline folder has.
     pub const ALL: [Component; 3] = [Component::TextEncoder, Component::Unet, Component::Vae];
+    /// What every SDXL pipeline folder has.
+    pub const ALL_XL: [Component; 4] = [
+        Component::TextEncoder,
+        Component::TextEncoder2,
+        Component::Unet,
+        Component::Vae,
+    ];
 
     pub fn from_folder(name: &str) -> Option<Self> {
         [
             Self::TextEncoder,
+            Self::TextEncoder2,
             Self::Unet,
             Self::Vae,
             Self::PreviewDecoder,
@@ -119,6 +142,7 @@ impl Component {
     pub fn folder(self) -> &'static str {
         match self {
             Self::TextEncoder => "text_encoder",
+            Self::TextEncoder2 => "text_encoder_2",
             Self::Unet => "unet",
             Self::Vae => "vae",
             Self::PreviewDecoder => "taesd",
@@ -128,7 +152,7 @@ impl Component {
     /// The weights file stem (`model.safetensors`, `diffusion_pytorch_model.fp16.safetensors`).
     pub fn weights_stem(self) -> &'static str {
         match self {
-            Self::TextEncoder => "model",
+            Self::TextEncoder | Self::TextEncoder2 => "model",
             Self::Unet | Self::Vae | Self::PreviewDecoder => "diffusion_pytorch_model",
         }
     }
@@ -142,6 +166,11 @@ impl StableDiffusion {
 
     pub fn text_encoder(&self) -> &ClipTextModel {
         &self.text_encoder
+    }
+
+    /// SDXL's second text encoder.
+    pub fn text_encoder_2(&self) -> Option<&ClipTextModel> {
+        self.xl.as_ref().map(|xl| &xl.text_encoder_2)
     }
 
     pub fn unet(&self) -> &UNet2DConditionModel {

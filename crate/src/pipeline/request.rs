@@ -32,6 +32,8 @@ pub struct CompileKey {
     pub width: usize,
     pub height: usize,
     pub cfg: bool,
+    /// SDXL's negative condition is zeros (not encoded).
+    pub zero_negative: bool,
     /// An init image (the VAE encoder runs).
     pub init_image: bool,
 }

@@ -27,6 +27,7 @@ impl StableDiffusion {
             width: req.width,
             height: req.height,
             cfg: req.guidance > 1.0,
+            zero_negative: self.zero_negative(&req.negative_prompt, req.guidance > 1.0),
             init_image: req.init_image.is_some(),
         };
         if self
@@ -63,12 +64,10 @@ impl StableDiffusion {
     fn compile_pass(&self, key: CompileKey) {
         let f = self.vae_scale_factor();
         let (h, w) = (key.height / f, key.width / f);
-        let rows = if key.cfg { 2 } else { 1 };
-        let ids = vec![vec![0; self.tokenizer.max_length()]; rows];
-        let context = self.text_encoder.forward(&ids);
+        let condition = self.condition(&self.placeholder_rows(key), key.width, key.height);
         let unet_in = self.unet.config().in_channels;
         let x = Tensor::<4>::zeros([1, unet_in, h, w], &self.device);
-        drop(self.guided_noise(x, 999.0, &context, key.cfg.then_some(7.5)));
+        drop(self.guided_noise(x, 999.0, &condition, key.cfg.then_some(7.5)));
         let latents = self.vae.config().latent_channels;
         let z = Tensor::<4>::zeros([1, latents, h, w], &self.device);
         drop(self.decode_tensor(z.clone()));
@@ -78,6 +77,14 @@ impl StableDiffusion {
         }
         if let Some(taesd) = &self.preview_decoder {
             drop(taesd.decode_preview(z));
+        }
+    }
+
+    /// The latent → RGB projection of cheap previews for this model's latent space.
+    pub fn latent_rgb(&self) -> &'static [[f32; 3]; 4] {
+        match self.xl {
+            Some(_) => &crate::preview::SDXL_LATENT_RGB,
+            None => &crate::preview::SD_LATENT_RGB,
         }
     }
 
@@ -135,7 +142,11 @@ impl StableDiffusion {
         shape: [usize; 4],
     ) -> Result<(Vec<u8>, usize, usize), PipelineError> {
         let Some(taesd) = &self.preview_decoder else {
-            return Ok(crate::preview::latents_to_rgb(latents, shape));
+            return Ok(crate::preview::latents_to_rgb(
+                latents,
+                shape,
+                self.latent_rgb(),
+            ));
         };
         let z = Tensor::<4>::from_data(TensorData::new(latents.to_vec(), shape), &self.device);
         let image = taesd.decode_preview(z);

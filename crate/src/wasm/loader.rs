@@ -10,6 +10,7 @@ use super::error::{CodedError, coded};
 use super::generator::Generator;
 use super::js_types::{LoaderOptions, from_js};
 use crate::kernels::KernelPolicy;
+use crate::model_index::ModelIndex;
 use crate::options::{Precision, parse_quantize};
 use crate::pipeline::{Component, ComponentLoad, LoadOptions, PipelineBuilder};
 use crate::tokenizer::{ClipTokenizer, TokenizerFiles};
@@ -88,10 +89,22 @@ impl ModelLoader {
             .ok_or_else(|| CodedError::invalid("this loader was already built"))
     }
 
-    /// The files of a diffusers `tokenizer/` folder (absent ones as undefined).
+    /// The checked model_index.json (SDXL's `force_zeros_for_empty_prompt`); throws with code
+    /// `model-index` when it names no pipeline sdweb runs.
+    #[wasm_bindgen(js_name = setModelIndex)]
+    pub fn set_model_index(&mut self, json: &str, source: &str) -> Result<(), CodedError> {
+        let index =
+            ModelIndex::parse(json, source).map_err(|m| CodedError::new("model-index", m))?;
+        self.builder()?.set_model_index(index);
+        Ok(())
+    }
+
+    /// The files of a tokenizer folder (`folder`: `tokenizer`, or SDXL's `tokenizer_2`; absent
+    /// files as undefined).
     #[wasm_bindgen(js_name = setTokenizer)]
     pub fn set_tokenizer(
         &mut self,
+        folder: &str,
         tokenizer_json: Option<Vec<u8>>,
         vocab_json: Option<Vec<u8>>,
         merges_txt: Option<Vec<u8>>,
@@ -106,8 +119,9 @@ impl ModelLoader {
             special_tokens_map_json: special_tokens_map_json.as_deref(),
         })
         .map_err(coded)?;
-        self.builder()?.set_tokenizer(tokenizer);
-        Ok(())
+        self.builder()?
+            .set_tokenizer_of(folder, tokenizer)
+            .map_err(coded)
     }
 
     #[wasm_bindgen(js_name = setSchedulerConfig)]
