@@ -267,8 +267,12 @@ fn bad_sizes_noise_and_folders_name_the_problem() {
 
     for (json, expect) in [
         (
-            r#"{"_class_name": "StableDiffusionXLPipeline"}"#,
-            "StableDiffusionXLPipeline (SDXL) is not supported yet",
+            r#"{"_class_name": "StableDiffusion3Pipeline"}"#,
+            "StableDiffusion3Pipeline (Stable Diffusion 3) is not supported yet",
+        ),
+        (
+            r#"{"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}"#,
+            "no text_encoder entry; StableDiffusionXLPipeline needs a CLIPTextModel",
         ),
         ("garbage", "model_index.json: not valid JSON"),
     ] {

@@ -265,6 +265,12 @@ fn sd2_vae_matches_diffusers() {
     check_vae("sd2");
 }
 
+/// SDXL's VAE is SD's architecture (scaling_factor 0.13025, force_upcast).
+#[test]
+fn sdxl_vae_matches_diffusers() {
+    check_vae("sdxl");
+}
+
 /// The f16 compute path (used when the adapter has shader-f16; lavapipe has it): the UNet
 /// within 2e-2 of the reference's scale, i.e. f16 rounding through ~40 layers.
 #[test]

@@ -184,7 +184,9 @@ struct ImageCase {
 fn image_cases(folder: &str) -> (std::path::PathBuf, Vec<ImageCase>) {
     let dir = reference_dir().join(folder);
     let text = std::fs::read_to_string(dir.join("cases.json")).unwrap();
-    (dir, serde_json::from_str(&text).unwrap())
+    // Python JSON (-Infinity in some scheduler configs).
+    let json = sdweb::schedulers::parse_json(&text).unwrap();
+    (dir, serde_json::from_value(json).unwrap())
 }
 
 /// Runs every case of `models` and compares with diffusers' image.
@@ -223,13 +225,13 @@ fn check_image_cases(dir: &std::path::Path, cases: &[ImageCase], models: &[&str]
     }
 }
 
-/// img2img against StableDiffusionImg2ImgPipeline: VAE posterior sample, strength's timestep
+/// img2img against StableDiffusionImg2ImgPipeline (SDXL: StableDiffusionXLImg2ImgPipeline): VAE posterior sample, strength's timestep
 /// truncation and add_noise, every random draw from our generator in diffusers' order.
 #[test]
 fn img2img_matches_diffusers() {
     let (dir, cases) = image_cases("img2img");
     assert!(cases.len() >= 4);
-    check_image_cases(&dir, &cases, &["sd1_tiny", "sd2_tiny"]);
+    check_image_cases(&dir, &cases, &["sd1_tiny", "sd2_tiny", "sdxl_tiny"]);
 }
 
 #[test]
@@ -260,7 +262,7 @@ fn img2img_strength_that_runs_no_step_is_an_error() {
     assert_eq!(ok.first_step(4).unwrap(), 1);
 }
 
-/// Inpainting against StableDiffusionInpaintPipeline: latent-mask blending for an ordinary
+/// Inpainting against StableDiffusionInpaintPipeline (and SDXL's): latent-mask blending for an ordinary
 /// (4-channel) UNet and mask + masked-image channels for a 9-channel inpainting UNet.
 #[test]
 fn inpainting_matches_diffusers_for_both_unet_kinds() {
@@ -270,7 +272,7 @@ fn inpainting_matches_diffusers_for_both_unet_kinds() {
         cases.iter().any(|c| c.model == "sd1_tiny")
             && cases.iter().any(|c| c.model == "sd1_tiny_inpaint")
     );
-    check_image_cases(&dir, &cases, &["sd1_tiny", "sd1_tiny_inpaint"]);
+    check_image_cases(&dir, &cases, &["sd1_tiny", "sd1_tiny_inpaint", "sdxl_tiny"]);
     // The 9-channel model refuses to run without a mask.
     let model = load("sd1_tiny_inpaint", DType::F32);
     let case = &cases[0];
@@ -344,7 +346,8 @@ fn a_preview_after_every_step_from_taesd_or_the_latent_projection() {
     );
     let last = cheap.last().unwrap();
     assert_eq!((last.3, last.4), (case.width / f, case.height / f));
-    let (want, ..) = sdweb::preview::latents_to_rgb(&denoised.latents, denoised.shape);
+    let (want, ..) =
+        sdweb::preview::latents_to_rgb(&denoised.latents, denoised.shape, model.latent_rgb());
     assert_eq!(last.2, want);
 
     model
