@@ -21,7 +21,6 @@ use sdweb::models::unet_2d_condition::UNet2DConditionModel;
 use sdweb::pipeline::{
     ComponentConfig, GenerateRequest, LoadOptions, PipelineBuilder, StableDiffusion, StdClock,
 };
-use sdweb::schedulers::SchedulerKind;
 use sdweb::weights::gguf::{GgufFile, MetadataValue};
 use sdweb::weights::ldm_keys::{
     Component, LdmKeyMap, TextEncoderLayout, Transform, diffusers_to_ldm_shape,
@@ -649,22 +648,6 @@ fn missing_and_misshapen_tensors_name_both_names() {
 // (c) end to end
 // ---------------------------------------------------------------------------------------------
 
-fn request(case: &Case) -> GenerateRequest {
-    GenerateRequest {
-        prompt: case.prompt.clone(),
-        negative_prompt: case.negative_prompt.clone(),
-        steps: case.steps,
-        guidance: case.guidance,
-        scheduler: Some(SchedulerKind::from_name(&case.scheduler).unwrap()),
-        width: case.width,
-        height: case.height,
-        seed: case.seed,
-        init_noise: Some(init_noise(case)),
-        init_image: None,
-        preview_every: None,
-    }
-}
-
 fn run(model: &StableDiffusion, req: &GenerateRequest) -> Vec<u8> {
     pollster::block_on(model.generate(req, &StdClock::default(), &mut |_| {}))
         .unwrap()
@@ -706,7 +689,7 @@ fn single_file_generates_the_diffusers_image() {
         .into_iter()
         .find(|c| c.name == "sd1-euler-cfg")
         .unwrap();
-    let req = request(&case);
+    let req = case_request(&case);
     let reference = reference_rgb(&case);
     let base_dir = fixtures().join(&case.model);
 

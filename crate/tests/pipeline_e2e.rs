@@ -11,19 +11,11 @@ use sdweb::pipeline::{GenerateRequest, LoadOptions, StableDiffusion, StdClock};
 use sdweb::schedulers::SchedulerKind;
 
 fn request(case: &Case, with_noise: bool) -> GenerateRequest {
-    GenerateRequest {
-        prompt: case.prompt.clone(),
-        negative_prompt: case.negative_prompt.clone(),
-        steps: case.steps,
-        guidance: case.guidance,
-        scheduler: Some(SchedulerKind::from_name(&case.scheduler).unwrap()),
-        width: case.width,
-        height: case.height,
-        seed: case.seed,
-        init_noise: with_noise.then(|| init_noise(case)),
-        init_image: None,
-        preview_every: None,
+    let mut request = case_request(case);
+    if !with_noise {
+        request.init_noise = None;
     }
+    request
 }
 
 fn run(model: &StableDiffusion, req: &GenerateRequest) -> Vec<u8> {

@@ -14,8 +14,7 @@ use sdweb::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use sdweb::models::unet_2d_condition::{
     AddedConditions, UNet2DConditionConfig, UNet2DConditionModel,
 };
-use sdweb::pipeline::{GenerateRequest, StableDiffusion, StdClock};
-use sdweb::schedulers::SchedulerKind;
+use sdweb::pipeline::{StableDiffusion, StdClock};
 use sdweb::weights::{TensorStore, find_component_file};
 
 const MODEL: &str = "sdxl_tiny";
@@ -151,19 +150,7 @@ fn sdxl_txt2img_matches_diffusers() {
             &json["scheduler_config"],
         );
         let model = StableDiffusion::load(&own, &device(), DType::F32).unwrap();
-        let request = GenerateRequest {
-            prompt: case.prompt.clone(),
-            negative_prompt: case.negative_prompt.clone(),
-            steps: case.steps,
-            guidance: case.guidance,
-            scheduler: Some(SchedulerKind::from_name(&case.scheduler).unwrap()),
-            width: case.width,
-            height: case.height,
-            seed: case.seed,
-            init_noise: Some(init_noise(case)),
-            init_image: None,
-            preview_every: None,
-        };
+        let request = case_request(case);
         let out = pollster::block_on(model.generate(&request, &StdClock::default(), &mut |_| {}))
             .unwrap();
         assert_image_close(&case.name, &out.rgb, &reference_rgb(case));

@@ -144,6 +144,23 @@ pub fn init_noise(case: &Case) -> Vec<f32> {
     sdweb::npy::read_npy_f32(&bytes).unwrap().1
 }
 
+/// The request a txt2img case describes, with its initial noise (diffusers' `latents=`).
+pub fn case_request(case: &Case) -> sdweb::pipeline::GenerateRequest {
+    sdweb::pipeline::GenerateRequest {
+        prompt: case.prompt.clone(),
+        negative_prompt: case.negative_prompt.clone(),
+        steps: case.steps,
+        guidance: case.guidance,
+        scheduler: Some(sdweb::schedulers::SchedulerKind::from_name(&case.scheduler).unwrap()),
+        width: case.width,
+        height: case.height,
+        seed: case.seed,
+        init_noise: Some(init_noise(case)),
+        init_image: None,
+        preview_every: None,
+    }
+}
+
 /// (max, mean) absolute difference in 1/255 units.
 pub fn image_errors(ours: &[u8], reference: &[u8]) -> (u8, f64) {
     assert_eq!(ours.len(), reference.len(), "image sizes differ");
