@@ -36,13 +36,7 @@ fn check_text_encoder(model: &str) {
         ClipTextConfig::from_reader(config(&format!("{model}_tiny"), "text_encoder")).unwrap(),
     )
     .unwrap();
-    let ids = &reference["text.input_ids"];
-    let rows: Vec<Vec<u32>> = ids
-        .values
-        .chunks(ids.shape[1])
-        .map(|r| r.iter().map(|&v| v as u32).collect())
-        .collect();
-    let out = to_vec(te.forward(&rows));
+    let out = to_vec(te.forward(&token_rows(&reference["text.input_ids"])));
     assert_close(
         &format!("{model} text encoder"),
         &out,
@@ -233,6 +227,50 @@ fn vae_runs_within_a_small_binding_limit() {
 /// Max abs difference (`errors` also checks both are finite).
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     errors(a, b).0
+}
+
+/// The kernel policy is each model's own, not the process's: the text encoder loaded with
+/// burn's ops and with sdweb's kernels, used in turn in one process, each matches transformers
+/// and each runs its own ops (sdweb's fused kernels launch fewer dispatches).
+#[test]
+fn each_model_runs_the_kernels_it_was_loaded_with() {
+    use sdweb::kernels::KernelPolicy;
+    let reference = load_reference("sd1_modules.safetensors");
+    let dir = fixtures().join("sd1_tiny/text_encoder");
+    let rows = token_rows(&reference["text.input_ids"]);
+    let mut dispatches = Vec::new();
+    for kernels in [KernelPolicy::Burn, KernelPolicy::Sdweb, KernelPolicy::Burn] {
+        let mut store = TensorStore::new(&device(), DType::F32, dir.display().to_string());
+        store.set_kernel_policy(kernels);
+        let file = find_component_file(&dir, "model", false).unwrap();
+        store
+            .load_safetensors_file(&file, &|n| Some(n.to_string()))
+            .unwrap();
+        let config = ClipTextConfig::from_reader(config("sd1_tiny", "text_encoder")).unwrap();
+        let te = ClipTextModel::load(&store.root(), config).unwrap();
+        let counter = sdweb::launches::DispatchCounter::start();
+        let out = to_vec(te.forward(&rows));
+        dispatches.push(counter.count());
+        assert_close(
+            &format!("sd1 text encoder, {} kernels", kernels.name()),
+            &out,
+            &reference["text.last_hidden_state"].values,
+            1e-4,
+        );
+    }
+    // The first burn run includes its autotune's launches; the second is burn's own count.
+    eprintln!("text encoder dispatches: burn (autotune), sdweb, burn = {dispatches:?}");
+    assert!(
+        dispatches[1] < dispatches[2],
+        "sdweb's fused kernels launch fewer dispatches than burn's ops: {dispatches:?}"
+    );
+}
+
+fn token_rows(ids: &RefTensor) -> Vec<Vec<u32>> {
+    ids.values
+        .chunks(ids.shape[1])
+        .map(|r| r.iter().map(|&v| v as u32).collect())
+        .collect()
 }
 
 #[test]

@@ -6,8 +6,7 @@ mod common;
 
 use burn::tensor::DType;
 use common::*;
-use sdweb::kernels::KernelPolicy;
-use sdweb::pipeline::{GenerateRequest, LoadOptions, StableDiffusion, StdClock};
+use sdweb::pipeline::{GenerateRequest, StableDiffusion, StdClock};
 use sdweb::schedulers::SchedulerKind;
 
 fn request(case: &Case, with_noise: bool) -> GenerateRequest {
@@ -26,44 +25,6 @@ fn run(model: &StableDiffusion, req: &GenerateRequest) -> Vec<u8> {
 
 fn load(name: &str, dtype: DType) -> StableDiffusion {
     StableDiffusion::load(&fixtures().join(name), &device(), dtype).unwrap()
-}
-
-/// The kernel policy is the model's, not the process's: a model loaded with burn's ops and one
-/// with sdweb's kernels, used in turn in one process, each give diffusers' image, and each
-/// runs its own ops (their UNet steps launch different numbers of dispatches).
-#[test]
-fn models_side_by_side_run_the_kernels_they_were_loaded_with() {
-    let case = e2e_cases()
-        .into_iter()
-        .find(|c| c.name == "sd1-euler-cfg")
-        .unwrap();
-    let options = LoadOptions {
-        kernels: KernelPolicy::Burn,
-        ..Default::default()
-    };
-    let dir = fixtures().join(&case.model);
-    let burn = StableDiffusion::load_with(&dir, &device(), DType::F32, options).unwrap();
-    let ours = load(&case.model, DType::F32);
-    assert_eq!(burn.kernels(), KernelPolicy::Burn);
-    assert_eq!(ours.kernels(), KernelPolicy::Sdweb);
-    let mut step_dispatches = Vec::new();
-    for (name, model) in [("burn", &burn), ("sdweb", &ours), ("burn again", &burn)] {
-        let out = pollster::block_on(model.generate(
-            &request(&case, true),
-            &StdClock::default(),
-            &mut |_| {},
-        ))
-        .unwrap();
-        assert_image_close(
-            &format!("{} ({name})", case.name),
-            &out.rgb,
-            &reference_rgb(&case),
-        );
-        step_dispatches.push(out.timings.unet_step_dispatches[0]);
-    }
-    eprintln!("UNet step dispatches: burn, sdweb, burn = {step_dispatches:?}");
-    assert_ne!(step_dispatches[0], step_dispatches[1]);
-    assert_eq!(step_dispatches[0], step_dispatches[2]);
 }
 
 #[test]
