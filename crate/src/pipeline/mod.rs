@@ -1,4 +1,4 @@
-//! StableDiffusionPipeline: a diffusers model folder → prompt → image, as diffusers does it.
+//! StableDiffusionPipeline and StableDiffusionXLPipeline: a diffusers model folder → prompt → image, as diffusers does it.
 //! By stage, as diffusers' pipeline reads:
 //! - `builder`: [`PipelineBuilder`] (the one constructor); `folder`: the folder loaders;
 //! - `prompt`: tokenising and encoding the prompt (SD's one encoder, SDXL's two);
