@@ -7,7 +7,7 @@ use burn::tensor::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
 use sdweb::kernels::KernelPolicy;
-use sdweb::options::Precision;
+use sdweb::options::{ChoiceParser, Precision};
 use sdweb::pipeline::{
     GenerateRequest, InitImage, LoadOptions, Progress, StableDiffusion, StdClock,
 };
@@ -98,8 +98,8 @@ struct GenOpts {
     /// SD-Turbo's).
     #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
     guidance: f64,
-    /// ddim | euler | euler-a | dpmpp-2m | dpmpp-2m-karras | lcm | pndm (default: the model's own).
-    #[arg(long)]
+    /// The sampler (default: the model's own).
+    #[arg(long, value_parser = ChoiceParser::<SchedulerKind>::default())]
     scheduler: Option<SchedulerKind>,
     /// A positive multiple of the VAE factor (8 for SD), at most 2048. Default: the model's
     /// native size (UNet sample_size × VAE factor).
@@ -131,16 +131,16 @@ struct GenOpts {
     /// A TAESD folder (diffusers AutoencoderTiny, e.g. madebyollin/taesd) for the previews.
     #[arg(long, requires = "preview_dir")]
     taesd: Option<PathBuf>,
-    /// auto (f16 where the adapter has shader-f16, else f32), f32, or f16.
-    #[arg(long, default_value_t = Precision::Auto)]
+    /// Compute precision; auto: f16 where the adapter has shader-f16, else f32.
+    #[arg(long, default_value_t = Precision::Auto, value_parser = ChoiceParser::<Precision>::default())]
     precision: Precision,
     /// A single-file checkpoint (.safetensors with LDM names, or a stable-diffusion.cpp .gguf)
     /// whose weights replace the --model folder's; the folder still gives configs, tokenizer
     /// and scheduler.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Quantise layer weights while loading: q8_0 or q4_0 (kept quantised in GPU memory).
-    #[arg(long)]
+    /// Quantise layer weights while loading (kept quantised in GPU memory).
+    #[arg(long, value_parser = ChoiceParser::<QuantType>::default())]
     quantize: Option<QuantType>,
     /// Per-tensor overrides for --quantize, PATTERN=q8_0|q4_0|f16 separated by commas.
     #[arg(long, default_value = "", requires = "quantize")]
@@ -148,7 +148,7 @@ struct GenOpts {
     /// Which kernels SD's hot ops run: `sdweb` (our WGSL kernels: flash attention, tiled GEMM and
     /// implicit-GEMM conv, fused norms; no autotune, no subgroups) or `burn` (burn's ops, with
     /// quantised weights dequantised first: the reference and the baseline).
-    #[arg(long, default_value = "sdweb")]
+    #[arg(long, default_value = "sdweb", value_parser = ChoiceParser::<KernelPolicy>::default())]
     kernels: KernelPolicy,
 }
 

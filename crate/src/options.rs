@@ -1,5 +1,6 @@
 //! The options every front end takes (CLI flags, the wasm/JS API), parsed in one place: each
-//! has `FromStr` whose error names the valid values, so the CLI (clap parses with it) and the
+//! has `FromStr` whose error names the valid values ([`Choice`]), so the CLI (clap parses with
+//! [`ChoiceParser`], which also lists the values in `--help`) and the
 //! browser say the same thing. Defaults that both apply live here too.
 
 use std::fmt;
@@ -55,18 +56,79 @@ impl Precision {
     }
 }
 
-impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
+/// An option whose values are a fixed list of names: one `FromStr` (whose error lists them) and
+/// one clap parser ([`ChoiceParser`], which lists them in `--help`) for all of them.
+pub trait Choice: Sized + Clone + Send + Sync + 'static {
+    /// What the option is, in errors ("unknown scheduler heun; choose …").
+    const WHAT: &'static str;
+    fn all() -> Vec<Self>;
+    fn name(&self) -> &'static str;
+
+    fn parse_choice(s: &str) -> Result<Self, String> {
+        Self::all()
             .into_iter()
-            .find(|p| p.name() == s)
+            .find(|c| c.name() == s)
             .ok_or_else(|| {
-                let names = Self::ALL.map(Self::name);
-                format!("unknown precision {s}; choose {}", choices(&names))
+                let names: Vec<&str> = Self::all().iter().map(Self::name).collect();
+                format!("unknown {} {s}; choose {}", Self::WHAT, choices(&names))
             })
     }
 }
+
+impl Choice for Precision {
+    const WHAT: &'static str = "precision";
+    fn all() -> Vec<Self> {
+        Self::ALL.to_vec()
+    }
+    fn name(&self) -> &'static str {
+        Precision::name(*self)
+    }
+}
+
+impl Choice for SchedulerKind {
+    const WHAT: &'static str = "scheduler";
+    fn all() -> Vec<Self> {
+        Self::ALL.to_vec()
+    }
+    fn name(&self) -> &'static str {
+        SchedulerKind::name(self)
+    }
+}
+
+impl Choice for QuantType {
+    const WHAT: &'static str = "quantisation";
+    fn all() -> Vec<Self> {
+        Self::ALL.to_vec()
+    }
+    fn name(&self) -> &'static str {
+        QuantType::name(*self)
+    }
+}
+
+impl Choice for KernelPolicy {
+    const WHAT: &'static str = "kernels";
+    fn all() -> Vec<Self> {
+        KernelPolicy::NAMES
+            .iter()
+            .filter_map(|n| KernelPolicy::from_name(n))
+            .collect()
+    }
+    fn name(&self) -> &'static str {
+        KernelPolicy::name(*self)
+    }
+}
+
+macro_rules! from_str_by_choice {
+    ($($t:ty),*) => {$(
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                <$t as Choice>::parse_choice(s)
+            }
+        }
+    )*};
+}
+from_str_by_choice!(Precision, SchedulerKind, QuantType, KernelPolicy);
 
 impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -74,35 +136,45 @@ impl fmt::Display for Precision {
     }
 }
 
-impl FromStr for SchedulerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        SchedulerKind::from_name(s).ok_or_else(|| {
-            let names = SchedulerKind::ALL.map(|k| k.name());
-            format!("unknown scheduler {s}; choose {}", choices(&names))
-        })
+/// clap's parser for a [`Choice`]: `--help` lists the values, a wrong one fails with the
+/// option's own message.
+#[derive(Clone)]
+pub struct ChoiceParser<T>(std::marker::PhantomData<T>);
+
+impl<T> Default for ChoiceParser<T> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
     }
 }
 
-impl FromStr for QuantType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        QuantType::parse(s).ok_or_else(|| {
-            let names = QuantType::ALL.map(QuantType::name);
-            format!("unknown quantisation {s}; choose {}", choices(&names))
-        })
-    }
-}
+impl<T: Choice> clap::builder::TypedValueParser for ChoiceParser<T> {
+    type Value = T;
 
-impl FromStr for KernelPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        KernelPolicy::from_name(s).ok_or_else(|| {
-            format!(
-                "unknown kernels {s}; choose {}",
-                choices(&KernelPolicy::NAMES)
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        T::parse_choice(&text).map_err(|why| {
+            let arg = arg.map_or_else(|| "the option".to_string(), |a| format!("'{a}'"));
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value '{text}' for {arg}: {why}\n"),
             )
+            .with_cmd(cmd)
         })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        let values = T::all()
+            .iter()
+            .map(|c| clap::builder::PossibleValue::new(c.name()))
+            .collect::<Vec<_>>();
+        Some(Box::new(values.into_iter()))
     }
 }
 
@@ -122,6 +194,22 @@ pub fn default_strength(inpainting: bool) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// clap's `--help` lists what `FromStr` accepts.
+    #[test]
+    fn the_cli_lists_each_options_values() {
+        use clap::builder::TypedValueParser;
+        let names = |values: Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>| {
+            values.map(|v| v.get_name().to_string()).collect::<Vec<_>>()
+        };
+        let schedulers = ChoiceParser::<SchedulerKind>::default();
+        assert_eq!(
+            names(schedulers.possible_values().unwrap()),
+            SchedulerKind::ALL.map(|k| k.name().to_string())
+        );
+        let kernels = ChoiceParser::<KernelPolicy>::default();
+        assert_eq!(names(kernels.possible_values().unwrap()), ["sdweb", "burn"]);
+    }
 
     #[test]
     fn errors_name_every_valid_value() {
