@@ -14,9 +14,11 @@ use std::path::Path;
 use burn::tensor::{DType, Device};
 
 use crate::config::{ConfigError, ConfigReader};
+use crate::layout;
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::pipeline::Component as PipelineComponent;
 use crate::pipeline::{
     ComponentConfig, ComponentLoad, LoadOptions, PipelineBuilder, PipelineError, StableDiffusion,
 };
@@ -63,17 +65,17 @@ impl BaseFolder {
     /// Reads `text_encoder/config.json`, `unet/config.json`, `vae/config.json`, `tokenizer/`
     /// and `scheduler/scheduler_config.json`; weights files, if any, are not looked at.
     pub fn read(dir: &Path) -> Result<Self, PipelineError> {
-        let config = |component: &str| ConfigReader::read(&dir.join(component).join("config.json"));
-        let sched_path = dir.join("scheduler").join("scheduler_config.json");
+        let config = |c: PipelineComponent| ConfigReader::read(&dir.join(layout::config_path(c)));
+        let sched_path = dir.join(layout::SCHEDULER_CONFIG);
         let sched_text = std::fs::read_to_string(&sched_path).map_err(|error| ConfigError::Io {
             file: sched_path.display().to_string(),
             error,
         })?;
         Ok(Self {
-            tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
-            text_encoder: ClipTextConfig::from_reader(config("text_encoder")?)?,
-            unet: UNet2DConditionConfig::from_reader(config("unet")?)?,
-            vae: AutoencoderKLConfig::from_reader(config("vae")?)?,
+            tokenizer: ClipTokenizer::from_dir(&dir.join(layout::TOKENIZER_FOLDER))?,
+            text_encoder: ClipTextConfig::from_reader(config(PipelineComponent::TextEncoder)?)?,
+            unet: UNet2DConditionConfig::from_reader(config(PipelineComponent::Unet)?)?,
+            vae: AutoencoderKLConfig::from_reader(config(PipelineComponent::Vae)?)?,
             scheduler: SchedulerConfig::from_json(&sched_text)?,
         })
     }

@@ -606,18 +606,23 @@ fn quantize(
 
 /// Bytes of the weight files a load reads (the fp16 variant first on the f16 path, as the loader).
 fn model_bytes_on_disk(dir: &std::path::Path, prefer_fp16: bool) -> u64 {
-    [
-        ("text_encoder", "model"),
-        ("unet", "diffusion_pytorch_model"),
-        ("vae", "diffusion_pytorch_model"),
-    ]
-    .iter()
-    .filter_map(|(c, stem)| {
-        sdweb::weights::find_component_file(&dir.join(c), stem, prefer_fp16).ok()
-    })
-    .filter_map(|p| std::fs::metadata(p).ok())
-    .map(|m| m.len())
-    .sum()
+    let Ok(index) = sdweb::model_index::ModelIndex::read(dir) else {
+        return 0;
+    };
+    index
+        .components()
+        .iter()
+        .filter_map(|c| {
+            sdweb::weights::find_component_file(
+                &dir.join(c.folder()),
+                c.weights_stem(),
+                prefer_fp16,
+            )
+            .ok()
+        })
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn file_name(path: &std::path::Path) -> String {

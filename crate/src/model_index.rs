@@ -133,6 +133,19 @@ impl ModelIndex {
         })
     }
 
+    /// Reads `dir`'s model_index.json (native folders).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(dir: &std::path::Path) -> Result<Self, String> {
+        let path = dir.join(crate::layout::MODEL_INDEX);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "{}: {e} (is this a diffusers model folder?)",
+                path.display()
+            )
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
     /// The weight-carrying components to load, in load order.
     pub fn components(&self) -> &'static [Component] {
         match self.family {

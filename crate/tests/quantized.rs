@@ -271,6 +271,34 @@ fn quantised_files_declare_their_block_tensors() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An SDXL folder quantises whole: both text encoders and tokenizers, from its model_index.
+#[test]
+fn sdxl_folders_quantise_with_both_text_encoders() {
+    let out = std::env::temp_dir().join(format!("sdweb-quant-sdxl-{}", std::process::id()));
+    let reports = sdweb::weights::quantize_model::quantize_folder(
+        &fixtures().join("sdxl_tiny"),
+        &out,
+        Some(&QuantPolicy::new(QuantType::Q8_0)),
+    )
+    .unwrap();
+    let components: Vec<&str> = reports.iter().map(|r| r.component.as_str()).collect();
+    assert_eq!(
+        components,
+        ["text_encoder", "text_encoder_2", "unet", "vae"]
+    );
+    // (The tiny VAE's rows are no whole 32-value blocks: it stays f16.)
+    assert!(
+        reports[..3]
+            .iter()
+            .all(|r| r.tensors.get("q8_0").is_some_and(|&n| n > 0)),
+        "{reports:?}"
+    );
+    assert!(out.join("tokenizer_2/tokenizer.json").is_file());
+    let model = StableDiffusion::load(&out, &device(), DType::F32).unwrap();
+    assert!(model.text_encoder_2().is_some());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// `sdweb quantize` output loads as a normal model with its weights still quantised, and
 /// end-to-end images stay near f32 for every scheduler (PSNR printed for the notes).
 #[test]

@@ -14,6 +14,8 @@ use super::quant::{self, QuantPolicy, QuantType};
 use super::safetensors::{QUANT_TYPE_KEY, TensorEntry};
 use super::stream::{SafetensorsStream, TensorSink};
 use super::{StorageDType, WeightError, to_f32};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::layout;
 
 /// What one component's file became.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -24,16 +26,6 @@ pub struct ComponentReport {
     /// Tensor counts by stored type (q8_0, q4_0, f16, ...).
     pub tensors: BTreeMap<String, usize>,
 }
-
-/// Folder-level files copied as they are: configs, tokenizer, scheduler.
-#[cfg(not(target_arch = "wasm32"))]
-const COPIED: &[&str] = &[
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "unet/config.json",
-    "vae/config.json",
-];
 
 #[cfg(not(target_arch = "wasm32"))]
 /// Quantises the diffusers folder `input` into the new folder `output` (whole or not at all:
@@ -60,30 +52,40 @@ fn write_quantized_folder(
     policy: Option<&QuantPolicy>,
 ) -> Result<Vec<ComponentReport>, WeightError> {
     let io = |p: &Path, e: std::io::Error| WeightError::io(&p.display().to_string(), e);
-    for rel in COPIED {
+    let index =
+        crate::model_index::ModelIndex::read(input).map_err(|why| WeightError::Malformed {
+            file: input.join(layout::MODEL_INDEX).display().to_string(),
+            why,
+        })?;
+    // Configs, scheduler and tokenizers are copied as they are.
+    let mut copied = vec![
+        layout::MODEL_INDEX.to_string(),
+        layout::SCHEDULER_CONFIG.to_string(),
+    ];
+    copied.extend(index.components().iter().map(|&c| layout::config_path(c)));
+    for rel in &copied {
         let (from, to) = (input.join(rel), output.join(rel));
         std::fs::create_dir_all(to.parent().unwrap()).map_err(|e| io(&to, e))?;
         std::fs::copy(&from, &to).map_err(|e| io(&from, e))?;
     }
-    let tokenizer = input.join("tokenizer");
-    let entries = std::fs::read_dir(&tokenizer).map_err(|e| io(&tokenizer, e))?;
-    std::fs::create_dir_all(output.join("tokenizer")).map_err(|e| io(output, e))?;
-    for entry in entries {
-        let path = entry.map_err(|e| io(&tokenizer, e))?.path();
-        if path.is_file() {
-            let to = output.join("tokenizer").join(path.file_name().unwrap());
-            std::fs::copy(&path, &to).map_err(|e| io(&path, e))?;
+    for folder in index.tokenizer_folders() {
+        let tokenizer = input.join(folder);
+        let entries = std::fs::read_dir(&tokenizer).map_err(|e| io(&tokenizer, e))?;
+        std::fs::create_dir_all(output.join(folder)).map_err(|e| io(output, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| io(&tokenizer, e))?.path();
+            if path.is_file() {
+                let to = output.join(folder).join(path.file_name().unwrap());
+                std::fs::copy(&path, &to).map_err(|e| io(&path, e))?;
+            }
         }
     }
     let mut reports = Vec::new();
-    for (component, stem) in [
-        ("text_encoder", "model"),
-        ("unet", "diffusion_pytorch_model"),
-        ("vae", "diffusion_pytorch_model"),
-    ] {
-        let source = super::find_component_file(&input.join(component), stem, false)?;
-        let target = output.join(component).join(format!("{stem}.safetensors"));
-        reports.push(quantize_file(&source, &target, component, policy)?);
+    for &component in index.components() {
+        let (folder, stem) = (component.folder(), component.weights_stem());
+        let source = super::find_component_file(&input.join(folder), stem, false)?;
+        let target = output.join(folder).join(format!("{stem}.safetensors"));
+        reports.push(quantize_file(&source, &target, folder, policy)?);
     }
     Ok(reports)
 }
