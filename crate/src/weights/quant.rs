@@ -200,7 +200,7 @@ pub fn upload_blocks(
 
 /// Which tensors are quantised, and to what. Every linear and conv weight whose rows are
 /// whole blocks gets `default`, except where an override matches: user overrides first, then
-/// the built-in ones for q4_0, which keep the text encoder and the UNet's transformer blocks
+/// the built-in ones for q4_0, which keep the text encoders and the UNet's transformer blocks
 /// (`attentions`) at q8_0, except the blocks' feed-forward layers (`.ff.net`) and the
 /// cross-attention projections of the text context (`.attn2.to_k`, `.attn2.to_v`).
 /// Quantised files also store the CLIP token embedding quantised ([`Self::choose_stored`]):
@@ -211,7 +211,9 @@ pub fn upload_blocks(
 ///   `proj_in/out` at q4_0 too 0.9878, with all of cross-attention and `proj_in/out` 0.9874
 ///   (below the 0.99 bound); all-q4_0 0.986/0.988.
 /// - text encoder: 0.9971/0.9985 with the q4_0 embedding, 0.99995 with q8_0 layers only. The
-///   full-size SD 1.5 text encoder with its layers at q4_0 reaches 0.965 (q8_0: 0.9999).
+///   full-size SD 1.5 text encoder with its layers at q4_0 reaches 0.965 (q8_0: 0.9999); SDXL's
+///   full-size OpenCLIP bigG (`text_encoder_2`, random weights, `quant_quality MODEL 0`) 0.9644
+///   (q8_0: 0.99984), so it stays at q8_0 under q4_0 too.
 /// `--quant-override text_encoder/=q4_0,attentions=q4_0` gives all-q4_0.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantPolicy {
@@ -227,6 +229,7 @@ impl QuantPolicy {
             QuantType::Q4_0 => vec![
                 ("token_embedding".to_string(), Some(QuantType::Q4_0)),
                 ("text_encoder/".to_string(), Some(QuantType::Q8_0)),
+                ("text_encoder_2/".to_string(), Some(QuantType::Q8_0)),
                 (".ff.net".to_string(), Some(QuantType::Q4_0)),
                 (".attn2.to_k".to_string(), Some(QuantType::Q4_0)),
                 (".attn2.to_v".to_string(), Some(QuantType::Q4_0)),
@@ -385,6 +388,15 @@ mod tests {
             Some(QuantType::Q8_0)
         );
         assert_eq!(p.choose("unet", "b.attn1.to_q.weight", &[320, 320]), None);
+        // Built in for q4_0: both text encoders (SDXL's second too) at q8_0.
+        let fc1 = "text_model.encoder.layers.0.mlp.fc1.weight";
+        for te in ["text_encoder", "text_encoder_2"] {
+            assert_eq!(
+                p.choose(te, fc1, &[5120, 1280]),
+                Some(QuantType::Q8_0),
+                "{te}"
+            );
+        }
         // Built in for q4_0: transformer blocks at q8_0 except their feed-forward layers and
         // context K/V; user overrides come first.
         let attn = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.weight";
