@@ -380,6 +380,39 @@ test('the weights picker shows download, cached and GPU sizes per format before 
 // One fresh worker costs ~4 min of SwiftShader shader compilation, so this test also covers q8_0
 // weights: the reload picks q8_0, the worker quantises the cached originals in wasm (no network
 // needed), and the image must match the native CLI's `--quantize q8_0`.
+// SDXL through the same API with no new options: the worker finds text_encoder_2 and
+// tokenizer_2, the wasm core conditions the UNet on both encoders and the added size ids.
+test('an SDXL model (two text encoders, added conditions) generates through the JS API and matches the native CLI', { timeout: 15 * MINUTES }, async () => {
+  const sdxl = { prompt: 'a watercolor fox in the snow', negativePrompt: 'blurry', steps: 3, guidance: 5, scheduler: 'euler', width: 64, height: 48, seed: 11 };
+  // A context of its own (a fresh cache) and a page on the server's origin (any document there: the API is imported by URL).
+  const apiContext = await browser.newContext();
+  const apiPage = await apiContext.newPage();
+  logConsole(apiPage);
+  await apiPage.goto(`${server.url}manifest.webmanifest`);
+  const png = await apiPage.evaluate(async ([model, params]) => {
+    const { createGenerator } = await import('/sdweb.js');
+    const gen = await createGenerator({ model, portable: true });
+    try {
+      const out = await gen.generate(params);
+      const bytes = new Uint8Array(await out.png.arrayBuffer());
+      let s = '';
+      for (const b of bytes) s += String.fromCharCode(b);
+      return btoa(s);
+    } finally {
+      gen.dispose();
+    }
+  }, [`${server.url}sdxl`, sdxl]);
+  await apiContext.close();
+  const nativePath = path.join(scratch, 'native-sdxl.png');
+  execFileSync(sdwebBin(), ['generate', '--model', path.join(ROOT, 'tests/fixtures/sdxl_tiny'), '--prompt', sdxl.prompt,
+    '--negative-prompt', sdxl.negativePrompt, '--steps', String(sdxl.steps), '--guidance', String(sdxl.guidance),
+    '--scheduler', sdxl.scheduler, '--width', String(sdxl.width), '--height', String(sdxl.height), '--seed', String(sdxl.seed),
+    '--precision', 'f32', '--output', nativePath], { stdio: 'inherit' });
+  const diff = await maxPixelDiff(png, readFileSync(nativePath).toString('base64'));
+  console.log(`SDXL browser vs native sdweb generate: max ${diff.max}/255, mean ${diff.mean?.toFixed(4)}/255`);
+  assert.ok(diff.max <= 3, `the browser's SDXL image differs from the CLI's by up to ${diff.max}/255 (limit 3): ${JSON.stringify(diff)}`);
+});
+
 test('offline with q8_0 weights: the page quantises the cached model in wasm, generates, and matches the CLI --quantize q8_0', { timeout: 15 * MINUTES }, async () => {
   await page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: MINUTES });
   server.close();
@@ -443,38 +476,6 @@ test('offline with q8_0 weights: the page quantises the cached model in wasm, ge
     return events;
   }, cached.base);
   assert.ok(!reload.includes('quantize') && !reload.includes('download'), `second load events: ${reload}`);
-});
-
-// SDXL through the same API with no new options: the worker finds text_encoder_2 and
-// tokenizer_2, the wasm core conditions the UNet on both encoders and the added size ids.
-test('an SDXL model (two text encoders, added conditions) generates through the JS API and matches the native CLI', { timeout: 15 * MINUTES }, async () => {
-  const sdxl = { prompt: 'a watercolor fox in the snow', negativePrompt: 'blurry', steps: 3, guidance: 5, scheduler: 'euler', width: 64, height: 48, seed: 11 };
-  // A page of its own on the server's origin (any document there: the API is imported by URL).
-  const apiPage = await context.newPage();
-  logConsole(apiPage);
-  await apiPage.goto(`${server.url}manifest.webmanifest`);
-  const png = await apiPage.evaluate(async ([model, params]) => {
-    const { createGenerator } = await import('/sdweb.js');
-    const gen = await createGenerator({ model, portable: true });
-    try {
-      const out = await gen.generate(params);
-      const bytes = new Uint8Array(await out.png.arrayBuffer());
-      let s = '';
-      for (const b of bytes) s += String.fromCharCode(b);
-      return btoa(s);
-    } finally {
-      gen.dispose();
-    }
-  }, [`${server.url}sdxl`, sdxl]);
-  await apiPage.close();
-  const nativePath = path.join(scratch, 'native-sdxl.png');
-  execFileSync(sdwebBin(), ['generate', '--model', path.join(ROOT, 'tests/fixtures/sdxl_tiny'), '--prompt', sdxl.prompt,
-    '--negative-prompt', sdxl.negativePrompt, '--steps', String(sdxl.steps), '--guidance', String(sdxl.guidance),
-    '--scheduler', sdxl.scheduler, '--width', String(sdxl.width), '--height', String(sdxl.height), '--seed', String(sdxl.seed),
-    '--precision', 'f32', '--output', nativePath], { stdio: 'inherit' });
-  const diff = await maxPixelDiff(png, readFileSync(nativePath).toString('base64'));
-  console.log(`SDXL browser vs native sdweb generate: max ${diff.max}/255, mean ${diff.mean?.toFixed(4)}/255`);
-  assert.ok(diff.max <= 3, `the browser's SDXL image differs from the CLI's by up to ${diff.max}/255 (limit 3): ${JSON.stringify(diff)}`);
 });
 
 test('the widget generates on a third-party page (another origin) without CSS leaking', { timeout: 15 * MINUTES }, async () => {
