@@ -1,11 +1,11 @@
 //! Single-file checkpoints: original LDM / CompVis `.safetensors` (what most SD 1.x/2.x models
 //! are published as) and stable-diffusion.cpp `.gguf` files (same LDM names, ggml storage types).
 //!
-//! Such a file holds the weights of all three models and nothing else, so configs, tokenizer and
-//! scheduler come from a diffusers folder (`base`; a config-only folder is enough). The file is
-//! streamed once, tensor by tensor in file order; each tensor is renamed with
-//! [`crate::weights::ldm_keys`] and uploaded into the text encoder's, UNet's or VAE's
-//! [`TensorStore`], then the models are built exactly as [`StableDiffusion::load`] builds them.
+//! Such a file holds the weights of all the models (SDXL: both text encoders) and nothing else,
+//! so configs, tokenizers and scheduler come from a diffusers folder (`base`; a config-only
+//! folder with its model_index.json is enough). The file is streamed once, tensor by tensor in
+//! file order; each tensor is renamed with [`crate::weights::ldm_keys`] and uploaded into its
+//! component's store, then the models are built exactly as [`StableDiffusion::load`] builds them.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -15,22 +15,22 @@ use burn::tensor::{DType, Device};
 
 use crate::config::{ConfigError, ConfigReader};
 use crate::layout;
+use crate::model_index::ModelIndex;
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
-use crate::pipeline::Component as PipelineComponent;
 use crate::pipeline::{
-    ComponentConfig, ComponentLoad, LoadOptions, PipelineBuilder, PipelineError, StableDiffusion,
+    Component, ComponentConfig, ComponentLoad, LoadOptions, PipelineBuilder, PipelineError,
+    StableDiffusion,
 };
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::gguf::{GGUF_MAGIC, GgufFile};
 use crate::weights::ldm_keys::{
-    CLIP_PREFIX, Component, KeyPair, LdmKeyMap, OPEN_CLIP_PREFIX, TextEncoderLayout, Transform,
-    UNET_PREFIX, VAE_PREFIX, ldm_to_diffusers,
+    CheckpointLayout, KeyPair, LdmKeyMap, Transform, ldm_to_diffusers, ldm_to_diffusers_values,
 };
 use crate::weights::safetensors::SafetensorsHeader;
-use crate::weights::{QuantPolicy, QuantType, WeightError, to_f32};
+use crate::weights::{QuantPolicy, QuantType, TensorStore, WeightError, to_f32};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointFormat {
@@ -42,7 +42,7 @@ pub enum CheckpointFormat {
 #[derive(Clone, Debug)]
 pub struct SingleFileReport {
     pub format: CheckpointFormat,
-    pub layout: TextEncoderLayout,
+    pub layout: CheckpointLayout,
     /// Checkpoint tensors that went into a model.
     pub used: usize,
     /// Checkpoint tensors that are not part of the pipeline's three models (EMA copies, schedule
@@ -54,38 +54,77 @@ pub struct SingleFileReport {
 
 /// The parts of a diffusers folder a single-file checkpoint lacks.
 pub struct BaseFolder {
+    pub index: ModelIndex,
     pub tokenizer: ClipTokenizer,
+    /// SDXL's second tokenizer.
+    pub tokenizer_2: Option<ClipTokenizer>,
     pub text_encoder: ClipTextConfig,
+    /// SDXL's `text_encoder_2`.
+    pub text_encoder_2: Option<ClipTextConfig>,
     pub unet: UNet2DConditionConfig,
     pub vae: AutoencoderKLConfig,
     pub scheduler: SchedulerConfig,
 }
 
 impl BaseFolder {
-    /// Reads `text_encoder/config.json`, `unet/config.json`, `vae/config.json`, `tokenizer/`
-    /// and `scheduler/scheduler_config.json`; weights files, if any, are not looked at.
+    /// Reads model_index.json, the configs and tokenizers it calls for and
+    /// `scheduler/scheduler_config.json`; weights files, if any, are not looked at.
     pub fn read(dir: &Path) -> Result<Self, PipelineError> {
-        let config = |c: PipelineComponent| ConfigReader::read(&dir.join(layout::config_path(c)));
+        let index = ModelIndex::read(dir).map_err(PipelineError::Invalid)?;
+        let reader = |c: Component| ConfigReader::read(&dir.join(layout::config_path(c)));
+        let xl = index.components().contains(&Component::TextEncoder2);
         let sched_path = dir.join(layout::SCHEDULER_CONFIG);
         let sched_text = std::fs::read_to_string(&sched_path).map_err(|error| ConfigError::Io {
             file: sched_path.display().to_string(),
             error,
         })?;
+        let tokenizer = |folder: &str| ClipTokenizer::from_dir(&dir.join(folder));
         Ok(Self {
-            tokenizer: ClipTokenizer::from_dir(&dir.join(layout::TOKENIZER_FOLDER))?,
-            text_encoder: ClipTextConfig::from_reader(config(PipelineComponent::TextEncoder)?)?,
-            unet: UNet2DConditionConfig::from_reader(config(PipelineComponent::Unet)?)?,
-            vae: AutoencoderKLConfig::from_reader(config(PipelineComponent::Vae)?)?,
+            tokenizer: tokenizer(layout::TOKENIZER_FOLDER)?,
+            tokenizer_2: xl
+                .then(|| tokenizer(layout::TOKENIZER_2_FOLDER))
+                .transpose()?,
+            text_encoder: ClipTextConfig::from_reader(reader(Component::TextEncoder)?)?,
+            text_encoder_2: xl
+                .then(|| reader(Component::TextEncoder2).and_then(ClipTextConfig::from_reader))
+                .transpose()?,
+            unet: UNet2DConditionConfig::from_reader(reader(Component::Unet)?)?,
+            vae: AutoencoderKLConfig::from_reader(reader(Component::Vae)?)?,
             scheduler: SchedulerConfig::from_json(&sched_text)?,
+            index,
         })
+    }
+
+    /// Each component's config, in loading order.
+    pub fn configs(&self) -> Vec<ComponentConfig> {
+        let mut configs = vec![ComponentConfig::TextEncoder(self.text_encoder.clone())];
+        configs.extend(
+            self.text_encoder_2
+                .clone()
+                .map(ComponentConfig::TextEncoder2),
+        );
+        configs.push(ComponentConfig::Unet(self.unet.clone()));
+        configs.push(ComponentConfig::Vae(self.vae.clone()));
+        configs
+    }
+
+    /// The text encoders' configs, in pipeline order.
+    pub fn text_encoders(&self) -> Vec<&ClipTextConfig> {
+        std::iter::once(&self.text_encoder)
+            .chain(self.text_encoder_2.as_ref())
+            .collect()
+    }
+
+    /// The key table for a checkpoint whose tensor names are `names`.
+    pub fn key_map<'a>(&self, names: impl Iterator<Item = &'a str>) -> LdmKeyMap {
+        let layout = CheckpointLayout::detect(names, self.text_encoder_2.is_some());
+        LdmKeyMap::new(&self.unet, &self.vae, &self.text_encoders(), layout)
     }
 }
 
-/// The three models' weights from one checkpoint, under diffusers names.
+/// The models' weights from one checkpoint, under diffusers names.
 pub struct SingleFileStores {
-    pub text_encoder: ComponentLoad,
-    pub unet: ComponentLoad,
-    pub vae: ComponentLoad,
+    loads: Vec<ComponentLoad>,
     pub map: LdmKeyMap,
     pub report: SingleFileReport,
     file: String,
@@ -126,7 +165,11 @@ pub fn load_single_file_with_report(
     let report = stores.report.clone();
     stores.finish_into(&mut builder)?;
     builder.set_tokenizer(base.tokenizer);
+    if let Some(tokenizer) = base.tokenizer_2 {
+        builder.set_tokenizer_2(tokenizer);
+    }
     builder.set_scheduler(base.scheduler);
+    builder.set_model_index(base.index);
     Ok((builder.build()?, report))
 }
 
@@ -156,8 +199,8 @@ pub fn detect_format<R: Read + Seek>(
     })
 }
 
-/// Streams a checkpoint once into the text encoder's, UNet's and VAE's stores, opened by
-/// `builder` as a folder load opens them (dtype, force_upcast VAE, quantisation, kernels).
+/// Streams a checkpoint once into each component's store, opened by `builder` as a folder
+/// load opens them (dtype, force_upcast VAE, quantisation, kernels).
 pub fn read_single_file<R: Read + Seek>(
     reader: &mut R,
     file: &str,
@@ -165,146 +208,168 @@ pub fn read_single_file<R: Read + Seek>(
     builder: &PipelineBuilder,
 ) -> Result<SingleFileStores, WeightError> {
     let format = detect_format(reader, file)?;
-    let open = |config: ComponentConfig| {
-        let desc = format!(
-            "{file} ({} of a single-file checkpoint)",
-            config.component().folder()
-        );
-        builder.begin_parsed(config, &desc)
-    };
-    let loads = [
-        open(ComponentConfig::TextEncoder(base.text_encoder.clone())),
-        open(ComponentConfig::Unet(base.unet.clone())),
-        open(ComponentConfig::Vae(base.vae.clone())),
-    ];
-    let mut stores = loads;
-    let index = |c: Component| match c {
-        Component::TextEncoder => 0,
-        Component::Unet => 1,
-        Component::Vae => 2,
-    };
-    let mut used = 0;
-    let mut ignored = Vec::new();
-    let mut storage_types: BTreeMap<String, usize> = BTreeMap::new();
-    let bad = |name: &str, why: String| WeightError::Malformed {
+    let loads = base
+        .configs()
+        .into_iter()
+        .map(|config| {
+            let desc = format!(
+                "{file} ({} of a single-file checkpoint)",
+                config.component().folder()
+            );
+            builder.begin_parsed(config, &desc)
+        })
+        .collect();
+    let mut stores = SingleFileStores {
+        loads,
+        map: base.key_map(std::iter::empty()),
+        report: SingleFileReport {
+            format,
+            layout: CheckpointLayout::Sd1,
+            used: 0,
+            ignored: Vec::new(),
+            storage_types: BTreeMap::new(),
+        },
         file: file.to_string(),
-        why: format!("tensor {name}: {why}"),
     };
-    // Uploads one checkpoint tensor (given as f32 values, or raw bytes for 1:1 copies).
-    let map = match format {
+    match format {
         CheckpointFormat::Safetensors => {
             let header = SafetensorsHeader::read(reader, file)?;
-            let layout = TextEncoderLayout::detect(header.tensors.keys().map(String::as_str));
-            let map = LdmKeyMap::new(&base.unet, &base.vae, &base.text_encoder, layout);
+            stores.set_map(base.key_map(header.tensors.keys().map(String::as_str)));
             let mut entries: Vec<_> = header.tensors.iter().collect();
             entries.sort_by_key(|(_, e)| e.begin);
             for (name, entry) in entries {
-                let pairs = map.from_ldm(name);
-                if pairs.is_empty() {
-                    ignored.push(name.clone());
+                if !stores.wants(name) {
                     continue;
                 }
                 let bytes = header.read_tensor(reader, entry, file)?;
-                used += 1;
-                *storage_types
-                    .entry(format!("{:?}", entry.dtype))
-                    .or_default() += 1;
-                if let [pair] = pairs.as_slice()
-                    && pair.transform == Transform::Identity
-                {
-                    stores[index(pair.component)].store.insert_bytes(
-                        &pair.diffusers,
-                        entry.dtype,
-                        &entry.shape,
-                        &bytes,
-                    );
+                stores.count(format!("{:?}", entry.dtype));
+                if let Some((component, diffusers, shape)) = stores.byte_copy(name, &entry.shape)? {
+                    stores
+                        .store(component)
+                        .insert_bytes(&diffusers, entry.dtype, &shape, &bytes);
                     continue;
                 }
                 let values = to_f32(&bytes, entry.dtype);
                 drop(bytes);
-                for pair in pairs {
-                    let (shape, range) = ldm_to_diffusers(pair.transform, &entry.shape)
-                        .map_err(|why| bad(name, why))?;
-                    stores[index(pair.component)].store.insert_f32(
-                        &pair.diffusers,
-                        &shape,
-                        values[range].to_vec(),
-                    );
-                }
+                stores.insert_values(name, &entry.shape, &values)?;
             }
-            map
         }
         CheckpointFormat::Gguf => {
             let gguf = GgufFile::read(reader, file)?;
-            let layout = TextEncoderLayout::detect(gguf.tensors.iter().map(|t| t.name.as_str()));
-            let map = LdmKeyMap::new(&base.unet, &base.vae, &base.text_encoder, layout);
+            stores.set_map(base.key_map(gguf.tensors.iter().map(|t| t.name.as_str())));
             for info in gguf.tensors_by_offset() {
-                let pairs = map.from_ldm(&info.name);
-                if pairs.is_empty() {
-                    ignored.push(info.name.clone());
+                if !stores.wants(&info.name) {
                     continue;
                 }
-                used += 1;
-                *storage_types
-                    .entry(info.ggml_type.name.to_string())
-                    .or_default() += 1;
+                stores.count(info.ggml_type.name.to_string());
                 // q8_0/q4_0 layer weights go to the GPU as they are: no requantisation error.
                 let blocks = QuantType::parse(info.ggml_type.name);
-                if let (Some(ty), [pair]) = (blocks, pairs.as_slice())
-                    && pair.transform == Transform::Identity
-                    && QuantPolicy::is_layer_weight(&pair.diffusers, &info.shape)
+                if let (Some(ty), Some((component, diffusers, shape))) =
+                    (blocks, stores.byte_copy(&info.name, &info.shape)?)
+                    && QuantPolicy::is_layer_weight(&diffusers, &shape)
                 {
                     let bytes = gguf.read_raw(reader, info, file)?;
-                    stores[index(pair.component)]
-                        .store
-                        .insert_blocks(&pair.diffusers, ty, &info.shape, &bytes)
-                        .map_err(|why| bad(&info.name, why))?;
+                    stores
+                        .store(component)
+                        .insert_blocks(&diffusers, ty, &shape, &bytes)
+                        .map_err(|why| stores.bad(&info.name, why))?;
                     continue;
                 }
                 let values = gguf.read_f32(reader, info, file)?;
-                if let [pair] = pairs.as_slice()
-                    && pair.transform == Transform::Identity
-                {
-                    stores[index(pair.component)].store.insert_f32(
-                        &pair.diffusers,
-                        &info.shape,
-                        values,
-                    );
-                    continue;
-                }
-                for pair in pairs {
-                    let (shape, range) = ldm_to_diffusers(pair.transform, &info.shape)
-                        .map_err(|why| bad(&info.name, why))?;
-                    stores[index(pair.component)].store.insert_f32(
-                        &pair.diffusers,
-                        &shape,
-                        values[range].to_vec(),
-                    );
-                }
+                stores.insert_values(&info.name, &info.shape, &values)?;
             }
-            map
         }
-    };
-    let [text_encoder, unet, vae] = stores;
-    Ok(SingleFileStores {
-        text_encoder,
-        unet,
-        vae,
-        report: SingleFileReport {
-            format,
-            layout: map.layout(),
-            used,
-            ignored,
-            storage_types,
-        },
-        map,
-        file: file.to_string(),
-    })
+    }
+    Ok(stores)
 }
 
 impl SingleFileStores {
+    fn set_map(&mut self, map: LdmKeyMap) {
+        self.report.layout = map.layout();
+        self.map = map;
+    }
+
+    /// Whether a checkpoint tensor goes into a model (else it is noted as ignored).
+    fn wants(&mut self, name: &str) -> bool {
+        let wanted = !self.map.from_ldm(name).is_empty();
+        if wanted {
+            self.report.used += 1;
+        } else {
+            self.report.ignored.push(name.to_string());
+        }
+        wanted
+    }
+
+    fn count(&mut self, storage_type: String) {
+        *self.report.storage_types.entry(storage_type).or_default() += 1;
+    }
+
+    fn bad(&self, name: &str, why: String) -> WeightError {
+        WeightError::Malformed {
+            file: self.file.clone(),
+            why: format!("tensor {name}: {why}"),
+        }
+    }
+
+    /// For a tensor that is one diffusers tensor byte for byte: its component, diffusers name
+    /// and shape.
+    fn byte_copy(
+        &self,
+        name: &str,
+        ldm_shape: &[usize],
+    ) -> Result<Option<(Component, String, Vec<usize>)>, WeightError> {
+        let [pair] = self.map.from_ldm(name)[..] else {
+            return Ok(None);
+        };
+        if !pair.transform.keeps_bytes() {
+            return Ok(None);
+        }
+        let (shape, _) =
+            ldm_to_diffusers(pair.transform, ldm_shape).map_err(|why| self.bad(name, why))?;
+        Ok(Some((pair.component, pair.diffusers.clone(), shape)))
+    }
+
+    /// Uploads the diffusers tensors an LDM tensor's f32 `values` give.
+    fn insert_values(
+        &mut self,
+        name: &str,
+        ldm_shape: &[usize],
+        values: &[f32],
+    ) -> Result<(), WeightError> {
+        let pairs: Vec<KeyPair> = self.map.from_ldm(name).into_iter().cloned().collect();
+        for pair in pairs {
+            let (shape, values) = ldm_to_diffusers_values(pair.transform, ldm_shape, values)
+                .map_err(|why| self.bad(name, why))?;
+            self.store(pair.component)
+                .insert_f32(&pair.diffusers, &shape, values);
+        }
+        Ok(())
+    }
+
+    /// The store a component's tensors go to.
+    pub fn store(&mut self, component: Component) -> &mut TensorStore {
+        let load = self
+            .loads
+            .iter_mut()
+            .find(|l| l.component() == component)
+            .expect("a store for every component the key table names");
+        &mut load.store
+    }
+
+    fn load(&self, component: Component) -> Option<&ComponentLoad> {
+        self.loads.iter().find(|l| l.component() == component)
+    }
+
+    /// What a component's store holds so far (for tests and tools).
+    pub fn received(&self, component: Component) -> &TensorStore {
+        &self
+            .load(component)
+            .expect("a store for every component of the pipeline")
+            .store
+    }
+
     pub fn build_text_encoder(&self, config: ClipTextConfig) -> Result<ClipTextModel, WeightError> {
-        ClipTextModel::load(&self.text_encoder.store.root(), config)
+        ClipTextModel::load(&self.root(Component::TextEncoder), config)
             .map_err(|e| self.explain(e, Component::TextEncoder))
     }
 
@@ -312,7 +377,7 @@ impl SingleFileStores {
         &self,
         config: UNet2DConditionConfig,
     ) -> Result<UNet2DConditionModel, WeightError> {
-        UNet2DConditionModel::load(&self.unet.store.root(), config)
+        UNet2DConditionModel::load(&self.root(Component::Unet), config)
             .map_err(|e| self.explain(e, Component::Unet))
     }
 
@@ -321,26 +386,27 @@ impl SingleFileStores {
         config: AutoencoderKLConfig,
         with_encoder: bool,
     ) -> Result<AutoencoderKL, WeightError> {
-        AutoencoderKL::load(&self.vae.store.root(), config, with_encoder)
+        AutoencoderKL::load(&self.root(Component::Vae), config, with_encoder)
             .map_err(|e| self.explain(e, Component::Vae))
     }
 
-    /// Builds the three models into `builder` (each store dropped once its model is built).
+    fn root(&self, component: Component) -> crate::weights::Weights<'_> {
+        self.load(component)
+            .expect("every pipeline has this component")
+            .store
+            .root()
+    }
+
+    /// Builds the models into `builder` (each store dropped once its model is built).
     pub fn finish_into(self, builder: &mut PipelineBuilder) -> Result<(), PipelineError> {
         let Self {
-            text_encoder,
-            unet,
-            vae,
+            loads,
             map,
             report,
             file,
         } = self;
-        let loads = [
-            (Component::TextEncoder, text_encoder),
-            (Component::Unet, unet),
-            (Component::Vae, vae),
-        ];
-        for (component, load) in loads {
+        for load in loads {
+            let component = load.component();
             builder.finish_component(load).map_err(|e| match e {
                 PipelineError::Weights(w) => {
                     PipelineError::Weights(explain(&map, &file, &report, w, component))
@@ -374,15 +440,11 @@ fn explain(
         Some(pair) => pair.ldm.clone(),
         None => "none (no LDM counterpart known)".into(),
     };
-    let prefixes: &[&str] = match component {
-        Component::Unet => &[UNET_PREFIX],
-        Component::Vae => &[VAE_PREFIX],
-        Component::TextEncoder => &[CLIP_PREFIX, OPEN_CLIP_PREFIX],
-    };
+    let prefix = map.layout().prefix_of(component).unwrap_or("\0");
     let unmatched = report
         .ignored
         .iter()
-        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        .filter(|n| n.starts_with(prefix))
         .count();
     let hint = if unmatched > 0 {
         format!(

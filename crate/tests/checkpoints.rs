@@ -11,6 +11,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::DType;
+use common::checkpoint_files::write_safetensors;
 use common::*;
 use sdweb::checkpoint::{
     BaseFolder, CheckpointFormat, load_single_file, load_single_file_with_report, read_single_file,
@@ -23,7 +24,7 @@ use sdweb::pipeline::{
 };
 use sdweb::weights::gguf::{GgufFile, MetadataValue};
 use sdweb::weights::ldm_keys::{
-    Component, LdmKeyMap, TextEncoderLayout, Transform, diffusers_to_ldm_shape,
+    CheckpointLayout, Component, LdmKeyMap, Transform, diffusers_to_ldm_shape,
 };
 use sdweb::weights::safetensors::SafetensorsHeader;
 use sdweb::weights::{StorageDType, find_component_file, to_f32};
@@ -83,9 +84,9 @@ fn base(model: &str) -> BaseFolder {
     BaseFolder::read(&fixtures().join(model)).unwrap()
 }
 
-fn key_map(model: &str, layout: TextEncoderLayout) -> LdmKeyMap {
+fn key_map(model: &str, layout: CheckpointLayout) -> LdmKeyMap {
     let b = base(model);
-    LdmKeyMap::new(&b.unet, &b.vae, &b.text_encoder, layout)
+    LdmKeyMap::new(&b.unet, &b.vae, &b.text_encoders(), layout)
 }
 
 /// (name → (dtype, shape, bytes)) of a diffusers component's weights file.
@@ -94,12 +95,7 @@ fn component_tensors(
     component: Component,
 ) -> BTreeMap<String, (StorageDType, Vec<usize>, Vec<u8>)> {
     let dir = fixtures().join(model).join(component.folder());
-    let stem = if component == Component::TextEncoder {
-        "model"
-    } else {
-        "diffusion_pytorch_model"
-    };
-    read_safetensors(&find_component_file(&dir, stem, false).unwrap())
+    read_safetensors(&find_component_file(&dir, component.weights_stem(), false).unwrap())
 }
 
 fn read_safetensors(path: &Path) -> BTreeMap<String, (StorageDType, Vec<usize>, Vec<u8>)> {
@@ -120,27 +116,6 @@ fn read_safetensors(path: &Path) -> BTreeMap<String, (StorageDType, Vec<usize>, 
             )
         })
         .collect()
-}
-
-fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (StorageDType, Vec<usize>, Vec<u8>)>) {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (name, (dtype, shape, bytes)) in tensors {
-        let dtype = dtype.safetensors_name();
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [data.len(), data.len() + bytes.len()]}),
-        );
-        data.extend_from_slice(bytes);
-    }
-    let mut json = serde_json::to_vec(&header).unwrap();
-    while json.len() % 8 != 0 {
-        json.push(b' ');
-    }
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend(json);
-    out.extend(data);
-    std::fs::write(path, out).unwrap();
 }
 
 fn temp_path(name: &str) -> PathBuf {
@@ -188,7 +163,7 @@ fn vae_out(vae: &AutoencoderKL, reference: &HashMap<String, RefTensor>) -> Vec<f
 
 /// Every weight of the fixture folder maps to an LDM name and back, the table has nothing the
 /// folder lacks, and LDM names are unique except OpenCLIP's stacked q/k/v (exactly 3 parts).
-fn check_round_trip(model: &str, layout: TextEncoderLayout) {
+fn check_round_trip(model: &str, layout: CheckpointLayout) {
     let map = key_map(model, layout);
     let mut total = 0;
     for component in [Component::TextEncoder, Component::Unet, Component::Vae] {
@@ -244,7 +219,7 @@ fn check_round_trip(model: &str, layout: TextEncoderLayout) {
 #[test]
 fn ldm_key_table_round_trips_sd1_and_sd2_configs() {
     for model in ["sd1_tiny", "sd2_tiny"] {
-        for layout in [TextEncoderLayout::HfClip, TextEncoderLayout::OpenClip] {
+        for layout in [CheckpointLayout::Sd1, CheckpointLayout::Sd2] {
             check_round_trip(model, layout);
         }
     }
@@ -264,8 +239,8 @@ fn ldm_key_table_round_trips_sd1_and_sd2_configs() {
     let map = LdmKeyMap::new(
         &unet,
         &vae,
-        &base("sd1_tiny").text_encoder,
-        TextEncoderLayout::HfClip,
+        &[&base("sd1_tiny").text_encoder],
+        CheckpointLayout::Sd1,
     );
     for (ldm, diffusers) in [
         (
@@ -343,7 +318,7 @@ fn ldm_key_table_round_trips_sd1_and_sd2_configs() {
 /// written by the fixture script and checked with diffusers' own single-file loader.
 #[test]
 fn ldm_key_table_matches_the_fixture_checkpoint() {
-    let map = key_map("sd1_tiny", TextEncoderLayout::HfClip);
+    let map = key_map("sd1_tiny", CheckpointLayout::Sd1);
     let file = read_safetensors(&single_dir().join("sd1_tiny.safetensors"));
     let file_names: BTreeSet<&str> = file.keys().map(String::as_str).collect();
     let table_names: BTreeSet<&str> = map.pairs().iter().map(|p| p.ldm.as_str()).collect();
@@ -465,7 +440,7 @@ fn single_file_safetensors_and_gguf_match_the_folder_references() {
             report.used, report.ignored, report.storage_types
         );
         assert_eq!(report.format, format);
-        assert_eq!(report.layout, TextEncoderLayout::HfClip);
+        assert_eq!(report.layout, CheckpointLayout::Sd1);
         assert_eq!(report.used, 682);
         let mut ignored = report.ignored.clone();
         ignored.sort();
@@ -479,11 +454,9 @@ fn single_file_safetensors_and_gguf_match_the_folder_references() {
         let unet = stores.build_unet(b.unet.clone()).unwrap();
         let te = stores.build_text_encoder(b.text_encoder.clone()).unwrap();
         let vae = stores.build_vae(b.vae.clone(), true).unwrap();
-        for store in [
-            &stores.unet.store,
-            &stores.text_encoder.store,
-            &stores.vae.store,
-        ] {
+        for store in
+            [Component::Unet, Component::TextEncoder, Component::Vae].map(|c| stores.received(c))
+        {
             assert!(
                 store.unused().is_empty(),
                 "{file}: unused {:?}",
@@ -524,7 +497,7 @@ fn single_file_safetensors_and_gguf_match_the_folder_references() {
 /// direction must give back exactly the folder's weights, so outputs match to 1e-4.
 #[test]
 fn sd2_openclip_layout_round_trips_through_a_single_file() {
-    let map = key_map("sd2_tiny", TextEncoderLayout::OpenClip);
+    let map = key_map("sd2_tiny", CheckpointLayout::Sd2);
     let mut ldm: BTreeMap<String, (StorageDType, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     let mut qkv: BTreeMap<String, [Option<(Vec<usize>, Vec<u8>)>; 3]> = BTreeMap::new();
     for component in [Component::TextEncoder, Component::Unet, Component::Vae] {
@@ -582,7 +555,7 @@ fn sd2_openclip_layout_round_trips_through_a_single_file() {
         LoadOptions::default(),
     )
     .unwrap();
-    assert_eq!(report.layout, TextEncoderLayout::OpenClip);
+    assert_eq!(report.layout, CheckpointLayout::Sd2);
     assert_eq!(report.ignored.len(), 4, "{:?}", report.ignored);
     let reference = load_reference("sd2_modules.safetensors");
     assert_close(
@@ -626,7 +599,8 @@ fn missing_and_misshapen_tensors_name_both_names() {
     }
     let _ = std::fs::remove_file(&path);
 
-    // an SD 1.x checkpoint (conv proj_in) with SD 2.x configs (linear proj_in)
+    // an SD 1.x checkpoint with SD 2.x configs: its 1×1-conv proj_in loads as the linear one
+    // (the same map), so the first misfit is the VAE level sd1_tiny lacks
     let err = load_single_file(
         &single_dir().join("sd1_tiny.safetensors"),
         &fixtures().join("sd2_tiny"),
@@ -638,8 +612,8 @@ fn missing_and_misshapen_tensors_name_both_names() {
     .to_string();
     eprintln!("{err}");
     assert!(
-        err.contains("model.diffusion_model.input_blocks.1.1.proj_in.weight")
-            && err.contains("proj_in.weight"),
+        err.contains("first_stage_model.encoder.down.2.downsample.conv.weight")
+            && err.contains("encoder.down_blocks.2.downsamplers.0.conv.weight"),
         "{err}"
     );
 }

@@ -375,7 +375,7 @@ fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
 #[test]
 fn single_file_checkpoints_keep_or_get_quantised_weights() {
     use sdweb::checkpoint::{BaseFolder, read_single_file};
-    use sdweb::pipeline::{LoadOptions, PipelineBuilder};
+    use sdweb::pipeline::{Component, LoadOptions, PipelineBuilder};
     let base = BaseFolder::read(&fixtures().join("sd1_tiny")).unwrap();
     let dir = fixtures().join("sd1_tiny_single");
     let name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
@@ -388,7 +388,10 @@ fn single_file_checkpoints_keep_or_get_quantised_weights() {
         &PipelineBuilder::new("gguf", &device(), DType::F32),
     )
     .unwrap();
-    assert_eq!(gguf.unet.store.quant_type(name), Some(QuantType::Q8_0));
+    assert_eq!(
+        gguf.received(Component::Unet).quant_type(name),
+        Some(QuantType::Q8_0)
+    );
     let path = dir.join("sd1_tiny.safetensors");
     let mut reader = std::fs::File::open(&path).unwrap();
     let policy = QuantPolicy::new(QuantType::Q4_0);
@@ -403,27 +406,26 @@ fn single_file_checkpoints_keep_or_get_quantised_weights() {
     )
     .unwrap();
     assert_eq!(
-        st.unet.store.quant_type(name),
+        st.received(Component::Unet).quant_type(name),
         Some(QuantType::Q8_0),
         "transformer blocks stay q8_0 under q4_0"
     );
     assert_eq!(
-        st.unet
-            .store
+        st.received(Component::Unet)
             .quant_type("down_blocks.0.resnets.0.conv1.weight"),
         Some(QuantType::Q4_0)
     );
     assert_eq!(
-        st.text_encoder
-            .store
+        st.received(Component::TextEncoder)
             .quant_type("text_model.embeddings.token_embedding.weight"),
         None
     );
     assert!(
-        st.unet.store.gpu_bytes() * 3 < gguf.unet.store.gpu_bytes() * 2,
+        st.received(Component::Unet).gpu_bytes() * 3
+            < gguf.received(Component::Unet).gpu_bytes() * 2,
         "{} vs {}",
-        st.unet.store.gpu_bytes(),
-        gguf.unet.store.gpu_bytes()
+        st.received(Component::Unet).gpu_bytes(),
+        gguf.received(Component::Unet).gpu_bytes()
     );
 }
 

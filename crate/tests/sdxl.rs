@@ -5,17 +5,22 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::DType;
+use common::checkpoint_files::{Tensors, write_gguf_f16, write_safetensors};
 use common::*;
+use sdweb::checkpoint::{BaseFolder, load_single_file_with_report};
 use sdweb::config::ConfigReader;
 use sdweb::models::clip_text_model::{ClipTextConfig, ClipTextModel};
 use sdweb::models::unet_2d_condition::{
     AddedConditions, UNet2DConditionConfig, UNet2DConditionModel,
 };
-use sdweb::pipeline::{StableDiffusion, StdClock};
-use sdweb::weights::{TensorStore, find_component_file};
+use sdweb::pipeline::{LoadOptions, StableDiffusion, StdClock};
+use sdweb::weights::ldm_keys::{CheckpointLayout, LdmKeyMap, Transform};
+use sdweb::weights::safetensors::SafetensorsHeader;
+use sdweb::weights::{StorageDType, TensorStore, find_component_file, to_f32};
 
 const MODEL: &str = "sdxl_tiny";
 
@@ -155,4 +160,201 @@ fn sdxl_txt2img_matches_diffusers() {
             .unwrap();
         assert_image_close(&case.name, &out.rgb, &reference_rgb(case));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single-file SDXL checkpoints
+// ---------------------------------------------------------------------------------------------
+
+/// `[rows, cols]` f16 bytes transposed.
+fn transpose_f16(bytes: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            let (from, to) = (2 * (r * cols + c), 2 * (c * rows + r));
+            out[to..to + 2].copy_from_slice(&bytes[from..from + 2]);
+        }
+    }
+    out
+}
+
+/// sdxl_tiny's fp16 weights under `layout`'s names, made with the key table's diffusers → LDM
+/// direction, and checked against `manifest`: the names, shapes and first values of the
+/// fixture script's own conversion (checked there with diffusers' single-file loader), so a
+/// wrong name, stacking or transpose in the table fails here. Shapes are the manifest's.
+fn ldm_tensors(
+    layout: CheckpointLayout,
+    manifest: &serde_json::Value,
+) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+    let base = BaseFolder::read(&fixtures().join(MODEL)).unwrap();
+    let map = LdmKeyMap::new(&base.unet, &base.vae, &base.text_encoders(), layout);
+    let mut out = BTreeMap::new();
+    let mut stacked: BTreeMap<String, [Vec<u8>; 3]> = BTreeMap::new();
+    for &component in base.index.components() {
+        let dir = fixtures().join(MODEL).join(component.folder());
+        let path = find_component_file(&dir, component.weights_stem(), true).unwrap();
+        let file = path.display().to_string();
+        let mut reader = std::fs::File::open(&path).unwrap();
+        let header = SafetensorsHeader::read(&mut reader, &file).unwrap();
+        for (name, entry) in &header.tensors {
+            assert_eq!(entry.dtype, StorageDType::F16, "{name}");
+            let pair = map
+                .to_ldm(component, name)
+                .unwrap_or_else(|| panic!("{component:?} {name}: no {layout:?} name"));
+            let bytes = header.read_tensor(&mut reader, entry, &file).unwrap();
+            match (pair.transform, entry.shape.as_slice()) {
+                (Transform::QkvPart(part), _) => {
+                    stacked.entry(pair.ldm.clone()).or_default()[part] = bytes
+                }
+                (Transform::Transpose, &[rows, cols]) => {
+                    out.insert(pair.ldm.clone(), transpose_f16(&bytes, rows, cols));
+                }
+                _ => {
+                    out.insert(pair.ldm.clone(), bytes);
+                }
+            }
+        }
+    }
+    out.extend(
+        stacked
+            .into_iter()
+            .map(|(name, parts)| (name, parts.concat())),
+    );
+    let manifest = manifest.as_object().unwrap();
+    let missing: Vec<_> = manifest.keys().filter(|k| !out.contains_key(*k)).collect();
+    let unknown: Vec<_> = out.keys().filter(|k| !manifest.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "{layout:?}: the fixture script's names lack {unknown:?}; ours lack {missing:?}"
+    );
+    out.into_iter()
+        .map(|(name, bytes)| {
+            let [shape, first] = [0, 1].map(|i| manifest[&name][i].as_array().unwrap().clone());
+            let shape: Vec<usize> = shape.iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            assert_eq!(bytes.len(), 2 * shape.iter().product::<usize>(), "{name}");
+            let ours = to_f32(&bytes[..2 * first.len()], StorageDType::F16);
+            for (o, f) in ours.iter().zip(&first) {
+                assert!(
+                    (o - f.as_f64().unwrap() as f32).abs() < 1e-5,
+                    "{name}: {ours:?} vs {first:?}"
+                );
+            }
+            (name, (shape, bytes))
+        })
+        .collect()
+}
+
+/// Text encoders, UNet and VAE of `model` against diffusers' module references.
+fn check_modules(what: &str, model: &StableDiffusion) {
+    let reference = load_reference("sdxl_modules.safetensors");
+    let first = model
+        .text_encoder()
+        .encode(&rows(&reference["text.input_ids"]));
+    let second = model
+        .text_encoder_2()
+        .expect("SDXL")
+        .encode(&rows(&reference["text_2.input_ids"]));
+    let d = device();
+    let time_ids = reference["unet.time_ids"]
+        .values
+        .chunks(6)
+        .map(|r| std::array::from_fn(|i| r[i] as f64))
+        .collect();
+    let added = AddedConditions {
+        text_embeds: reference["unet.text_embeds"].tensor(&d),
+        time_ids,
+    };
+    let unet = model.unet().forward_with(
+        reference["unet.sample"].tensor(&d),
+        reference["unet.timestep"].values[0] as f64,
+        reference["unet.encoder_hidden_states"].tensor(&d),
+        Some(&added),
+    );
+    let decoded = model
+        .vae()
+        .decode(reference["vae.decode.latents"].tensor(&d));
+    for (name, ours, key) in [
+        (
+            "text_encoder",
+            to_vec(first.penultimate_hidden_state),
+            "text.penultimate_hidden_state",
+        ),
+        (
+            "text_encoder_2",
+            to_vec(second.penultimate_hidden_state),
+            "text_2.penultimate_hidden_state",
+        ),
+        ("unet", to_vec(unet), "unet.out"),
+    ] {
+        assert_close(
+            &format!("{what} {name}"),
+            &ours,
+            &reference[key].values,
+            1e-4,
+        );
+    }
+    assert_close(
+        &format!("{what} text_embeds"),
+        &to_vec(second.text_embeds.expect("projection")),
+        &reference["text_2.text_embeds"].values,
+        1e-4,
+    );
+    assert_close(
+        &format!("{what} vae decode"),
+        &to_vec(decoded),
+        &reference["vae.decode.out"].values,
+        1e-4,
+    );
+}
+
+/// An A1111/ComfyUI-style single file (sgm names, OpenCLIP's stacked q/k/v and transposed
+/// projection, f16 safetensors with the extras such files carry) and a stable-diffusion.cpp
+/// GGUF (its renamed encoders, 1×1-conv proj_in/out) both load into sdxl_tiny's models.
+#[test]
+fn sdxl_single_files_in_sgm_and_stable_diffusion_cpp_names_match_diffusers() {
+    let text = std::fs::read_to_string(reference_dir().join("sdxl_single_file.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let load = |path: &Path| {
+        load_single_file_with_report(
+            path,
+            &fixtures().join(MODEL),
+            &device(),
+            DType::F32,
+            LoadOptions::default(),
+        )
+        .unwrap()
+    };
+
+    let mut sgm: Tensors = ldm_tensors(CheckpointLayout::Sdxl, &manifest["sgm"])
+        .into_iter()
+        .map(|(name, (shape, bytes))| (name, (StorageDType::F16, shape, bytes)))
+        .collect();
+    let extras: Vec<String> = manifest["sgm_ignored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    for name in &extras {
+        sgm.insert(name.clone(), (StorageDType::F16, vec![1], vec![0, 0]));
+    }
+    let path = dir.join("sdxl_tiny_sgm.safetensors");
+    write_safetensors(&path, &sgm);
+    let (model, report) = load(&path);
+    assert_eq!(report.layout, CheckpointLayout::Sdxl);
+    assert_eq!(report.ignored, extras);
+    check_modules("sgm single file", &model);
+    drop(model);
+
+    let path = dir.join("sdxl_tiny_sdcpp.gguf");
+    write_gguf_f16(
+        &path,
+        "sdxl",
+        &ldm_tensors(CheckpointLayout::SdxlSdCpp, &manifest["sdcpp"]),
+    );
+    let (model, report) = load(&path);
+    assert_eq!(report.layout, CheckpointLayout::SdxlSdCpp);
+    assert!(report.ignored.is_empty(), "{:?}", report.ignored);
+    check_modules("stable-diffusion.cpp gguf", &model);
 }

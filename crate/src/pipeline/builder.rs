@@ -61,6 +61,12 @@ pub struct ComponentLoad {
     pub store: TensorStore,
 }
 
+impl ComponentLoad {
+    pub fn component(&self) -> Component {
+        self.config.component()
+    }
+}
+
 /// How a model's weights are held, beyond the compute dtype: the same for every component.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {

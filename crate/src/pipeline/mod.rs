@@ -105,7 +105,7 @@ pub struct SdxlEncoder {
 }
 
 /// The weight-carrying components of a pipeline, by their diffusers folder names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Component {
     TextEncoder,
     /// SDXL's second text encoder (CLIPTextModelWithProjection).

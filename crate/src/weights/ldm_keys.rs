@@ -2,8 +2,9 @@
 //!
 //! A single-file SD checkpoint (`v1-5-pruned-emaonly.safetensors`, stable-diffusion.cpp GGUF
 //! files) holds the three models under the names of the original `ldm` code:
-//! `model.diffusion_model.*` (UNet), `first_stage_model.*` (VAE), `cond_stage_model.*` (text
-//! encoder: transformers' CLIP for SD 1.x, OpenCLIP for SD 2.x). diffusers' single-file loader
+//! `model.diffusion_model.*` (UNet), `first_stage_model.*` (VAE), and the text encoders where
+//! [`CheckpointLayout`] says (transformers' CLIP for SD 1.x, OpenCLIP for SD 2.x, both for SDXL
+//! under `conditioner.embedders.*`, or as stable-diffusion.cpp renames them). diffusers' single-file loader
 //! (`convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`, `convert_open_clip_checkpoint`
 //! in `loaders/single_file_utils.py`) renames them; this module does the same with a table that
 //! is derived from the model configs, so any layout (levels, layers per block, which blocks have
@@ -13,8 +14,9 @@
 //! pairing each diffusers module path with its LDM path, and expanding per-module leaf tables
 //! (e.g. a UNet ResBlock's `in_layers.0` is diffusers' `norm1`). Three tensors are not 1:1:
 //! the VAE mid-block attention's q/k/v/proj_out are 1×1 convs in LDM and Linear weights in
-//! diffusers ([`Transform::Conv1x1ToLinear`]), and OpenCLIP keeps q, k and v stacked in one
-//! `in_proj_weight` / `in_proj_bias` ([`Transform::QkvPart`]).
+//! diffusers ([`Transform::Conv1x1ToLinear`]), OpenCLIP keeps q, k and v stacked in one
+//! `in_proj_weight` / `in_proj_bias` ([`Transform::QkvPart`]), and its `text_projection` is the
+//! transpose of transformers' ([`Transform::Transpose`]).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -23,31 +25,20 @@ use crate::models::autoencoder_kl::AutoencoderKLConfig;
 use crate::models::clip_text_model::ClipTextConfig;
 use crate::models::unet_2d_condition::UNet2DConditionConfig;
 
+pub use crate::pipeline::Component;
+
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 /// SD 1.x: transformers' CLIPTextModel wrapped by `FrozenCLIPEmbedder`.
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
 /// SD 2.x: OpenCLIP's text tower wrapped by `FrozenOpenCLIPEmbedder`.
 pub const OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
-
-/// Which of the pipeline's models a tensor belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Component {
-    TextEncoder,
-    Unet,
-    Vae,
-}
-
-impl Component {
-    /// The diffusers folder name (`text_encoder`, `unet`, `vae`).
-    pub fn folder(self) -> &'static str {
-        match self {
-            Self::TextEncoder => "text_encoder",
-            Self::Unet => "unet",
-            Self::Vae => "vae",
-        }
-    }
-}
+/// SDXL (Stability's `sgm` code, as A1111 / ComfyUI checkpoints ship): CLIP ViT-L.
+pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// SDXL: OpenCLIP ViT-bigG with its projection.
+pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
+/// SDXL as stable-diffusion.cpp writes it (GGUF): the second encoder in transformers' names.
+pub const SDCPP_CLIP_2_PREFIX: &str = "cond_stage_model.1.transformer.";
 
 /// How an LDM tensor becomes the diffusers tensor. Every transform takes a contiguous range of
 /// the LDM tensor's elements (row-major) and gives it a new shape, so it applies to raw bytes
@@ -60,41 +51,129 @@ pub enum Transform {
     /// LDM stacks q, k, v along dim 0 (`in_proj_weight [3D, D]`, `in_proj_bias [3D]`);
     /// part 0, 1, 2 is q, k, v.
     QkvPart(usize),
+    /// A Linear weight `[O, I]` on both sides, also accepted as a 1×1 conv `[O, I, 1, 1]`
+    /// (stable-diffusion.cpp stores the UNet's linear proj_in/proj_out so).
+    LinearOr1x1Conv,
+    /// LDM `[I, O]` (OpenCLIP's `text_projection`, applied as `x @ P`) ↔ diffusers `[O, I]`.
+    Transpose,
 }
 
-/// Text encoder naming in the checkpoint.
+impl Transform {
+    /// Whether the diffusers tensor is the LDM tensor's bytes as they are (at most reshaped),
+    /// so quantised blocks and f16 bytes can be copied without decoding.
+    pub fn keeps_bytes(self) -> bool {
+        matches!(
+            self,
+            Self::Identity | Self::Conv1x1ToLinear | Self::LinearOr1x1Conv
+        )
+    }
+}
+
+/// How a text encoder's tensors are named in a checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TextEncoderLayout {
-    /// SD 1.x: `cond_stage_model.transformer.text_model.*` (transformers' names).
+    /// transformers' names (`text_model.encoder.layers.N.self_attn.q_proj`).
     HfClip,
-    /// SD 2.x: `cond_stage_model.model.*` (OpenCLIP names, q/k/v stacked).
+    /// OpenCLIP's names (`transformer.resblocks.N.attn.in_proj_weight`, q/k/v stacked).
     OpenClip,
 }
 
-impl TextEncoderLayout {
-    /// The layout a checkpoint's tensor names use: OpenCLIP if any name is under
-    /// `cond_stage_model.model.`, else transformers' CLIP.
-    pub fn detect<'a>(mut names: impl Iterator<Item = &'a str>) -> Self {
-        if names.any(|n| n.starts_with(OPEN_CLIP_PREFIX)) {
-            Self::OpenClip
-        } else {
-            Self::HfClip
+/// Where a checkpoint keeps its text encoders, and under which names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointLayout {
+    /// SD 1.x: transformers' CLIP under `cond_stage_model.transformer.` (stable-diffusion.cpp
+    /// writes SD 2.x's OpenCLIP this way too).
+    Sd1,
+    /// SD 2.x: OpenCLIP under `cond_stage_model.model.`.
+    Sd2,
+    /// SDXL as `sgm` saves it: CLIP under `conditioner.embedders.0.transformer.`, OpenCLIP
+    /// bigG under `conditioner.embedders.1.model.`.
+    Sdxl,
+    /// SDXL as stable-diffusion.cpp writes GGUF: both encoders in transformers' names, under
+    /// `cond_stage_model.transformer.` and `cond_stage_model.1.transformer.`.
+    SdxlSdCpp,
+}
+
+/// One text encoder's place in a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextEncoderKeys {
+    pub component: Component,
+    pub layout: TextEncoderLayout,
+    pub prefix: &'static str,
+}
+
+impl CheckpointLayout {
+    /// The layout a checkpoint's tensor names use, for a pipeline with one text encoder or
+    /// (`two_encoders`, SDXL) two.
+    pub fn detect<'a>(names: impl Iterator<Item = &'a str>, two_encoders: bool) -> Self {
+        let prefixes = [
+            (SDXL_OPEN_CLIP_PREFIX, Self::Sdxl),
+            (SDCPP_CLIP_2_PREFIX, Self::SdxlSdCpp),
+            (OPEN_CLIP_PREFIX, Self::Sd2),
+        ];
+        let mut found = None;
+        for name in names {
+            if let Some(&(_, layout)) = prefixes.iter().find(|(p, _)| name.starts_with(p)) {
+                found = Some(layout);
+                break;
+            }
+        }
+        match (found, two_encoders) {
+            (Some(layout @ (Self::Sdxl | Self::SdxlSdCpp)), true) => layout,
+            // Errors then name the tensors an SDXL checkpoint would have.
+            (_, true) => Self::Sdxl,
+            (Some(Self::Sd2), false) => Self::Sd2,
+            (_, false) => Self::Sd1,
         }
     }
 
     /// The layout an SD release of this text encoder config would have: OpenCLIP's text tower
     /// uses gelu, OpenAI's CLIP (SD 1.x) quick_gelu.
-    pub fn for_config(config: &ClipTextConfig) -> Self {
-        match config.hidden_act {
-            crate::models::clip_text_model::HiddenAct::Gelu => Self::OpenClip,
-            crate::models::clip_text_model::HiddenAct::QuickGelu => Self::HfClip,
+    pub fn for_config(config: &ClipTextConfig, two_encoders: bool) -> Self {
+        match (two_encoders, config.hidden_act) {
+            (true, _) => Self::Sdxl,
+            (false, crate::models::clip_text_model::HiddenAct::Gelu) => Self::Sd2,
+            (false, crate::models::clip_text_model::HiddenAct::QuickGelu) => Self::Sd1,
         }
     }
 
-    pub fn prefix(self) -> &'static str {
+    /// The text encoders, in pipeline order.
+    pub fn text_encoders(self) -> &'static [TextEncoderKeys] {
+        use Component::{TextEncoder, TextEncoder2};
+        use TextEncoderLayout::{HfClip, OpenClip};
+        macro_rules! keys {
+            ($component:expr, $layout:expr, $prefix:expr) => {
+                TextEncoderKeys {
+                    component: $component,
+                    layout: $layout,
+                    prefix: $prefix,
+                }
+            };
+        }
         match self {
-            Self::HfClip => CLIP_PREFIX,
-            Self::OpenClip => OPEN_CLIP_PREFIX,
+            Self::Sd1 => &[keys!(TextEncoder, HfClip, CLIP_PREFIX)],
+            Self::Sd2 => &[keys!(TextEncoder, OpenClip, OPEN_CLIP_PREFIX)],
+            Self::Sdxl => &[
+                keys!(TextEncoder, HfClip, SDXL_CLIP_PREFIX),
+                keys!(TextEncoder2, OpenClip, SDXL_OPEN_CLIP_PREFIX),
+            ],
+            Self::SdxlSdCpp => &[
+                keys!(TextEncoder, HfClip, CLIP_PREFIX),
+                keys!(TextEncoder2, HfClip, SDCPP_CLIP_2_PREFIX),
+            ],
+        }
+    }
+
+    /// The checkpoint prefix of a component's tensors.
+    pub fn prefix_of(self, component: Component) -> Option<&'static str> {
+        match component {
+            Component::Unet => Some(UNET_PREFIX),
+            Component::Vae => Some(VAE_PREFIX),
+            _ => self
+                .text_encoders()
+                .iter()
+                .find(|k| k.component == component)
+                .map(|k| k.prefix),
         }
     }
 }
@@ -114,7 +193,7 @@ pub struct KeyPair {
 /// The LDM ↔ diffusers table of one pipeline configuration.
 #[derive(Clone, Debug)]
 pub struct LdmKeyMap {
-    layout: TextEncoderLayout,
+    layout: CheckpointLayout,
     pairs: Vec<KeyPair>,
     by_ldm: HashMap<String, Vec<usize>>,
     by_diffusers: HashMap<(Component, String), usize>,
@@ -155,6 +234,11 @@ const VAE_ATTENTION: &[(&str, &str, Transform)] = &[
 
 /// `Transformer2DModel` ↔ LDM `SpatialTransformer`: same names on both sides.
 const SPATIAL_TRANSFORMER: &[&str] = &["norm", "proj_in", "proj_out"];
+/// SDXL's added (text_time) embedding ↔ `sgm`'s `label_emb.0`.
+const ADD_EMBEDDING: &[(&str, &str)] = &[
+    ("add_embedding.linear_1", "label_emb.0.0"),
+    ("add_embedding.linear_2", "label_emb.0.2"),
+];
 /// `BasicTransformerBlock`: same names on both sides.
 const TRANSFORMER_BLOCK: &[&str] = &[
     "norm1",
@@ -252,14 +336,16 @@ impl Builder {
         }
     }
 
-    fn spatial_transformer(&mut self, d: &str, l: &str, layers: usize) {
+    /// `linear`: proj_in/proj_out are Linear layers (`use_linear_projection`); a checkpoint may
+    /// still store them as 1×1 convs (stable-diffusion.cpp does).
+    fn spatial_transformer(&mut self, d: &str, l: &str, layers: usize, linear: bool) {
         for leaf in SPATIAL_TRANSFORMER {
-            self.leaf(
-                Component::Unet,
-                &join(d, leaf),
-                &join(l, leaf),
-                Transform::Identity,
-            );
+            let transform = if linear && *leaf != "norm" {
+                Transform::LinearOr1x1Conv
+            } else {
+                Transform::Identity
+            };
+            self.module(Component::Unet, &join(d, leaf), &join(l, leaf), transform);
         }
         for t in 0..layers {
             let (bd, bl) = (
@@ -293,6 +379,11 @@ impl Builder {
             &u("time_embed.2"),
             Transform::Identity,
         );
+        if c.text_time.is_some() {
+            for (d, l) in ADD_EMBEDDING {
+                self.module(unet, d, &u(l), Transform::Identity);
+            }
+        }
         self.module(unet, "conv_in", &u("input_blocks.0.0"), Transform::Identity);
 
         let ch = &c.block_out_channels;
@@ -317,6 +408,7 @@ impl Builder {
                         &format!("down_blocks.{i}.attentions.{j}"),
                         &u(&format!("input_blocks.{input}.1")),
                         c.transformer_layers_per_block[i],
+                        c.use_linear_projection,
                     );
                 }
                 input += 1;
@@ -338,6 +430,7 @@ impl Builder {
                 "mid_block.attentions.0",
                 &u("middle_block.1"),
                 c.transformer_layers_per_block[levels - 1],
+                c.use_linear_projection,
             );
             self.unet_resnet("mid_block.resnets.1", &u("middle_block.2"), false);
         }
@@ -367,6 +460,7 @@ impl Builder {
                         &format!("up_blocks.{i}.attentions.{j}"),
                         &u(&format!("output_blocks.{output}.1")),
                         c.transformer_layers_per_block[level],
+                        c.use_linear_projection,
                     );
                 }
                 if j == n - 1 && i + 1 < levels {
@@ -520,12 +614,13 @@ impl Builder {
     }
 
     // ---- text encoder ---------------------------------------------------------------------
-    fn text_encoder(&mut self, c: &ClipTextConfig, layout: TextEncoderLayout) {
-        let te = Component::TextEncoder;
+    fn text_encoder(&mut self, c: &ClipTextConfig, keys: TextEncoderKeys) {
+        let te = keys.component;
         let id = Transform::Identity;
-        match layout {
+        let prefix = keys.prefix;
+        match keys.layout {
             TextEncoderLayout::HfClip => {
-                let l = |s: &str| format!("{CLIP_PREFIX}text_model.{s}");
+                let l = |s: &str| format!("{prefix}text_model.{s}");
                 for name in [
                     "embeddings.token_embedding.weight",
                     "embeddings.position_embedding.weight",
@@ -545,9 +640,11 @@ impl Builder {
                     &l("final_layer_norm"),
                     id,
                 );
+                // stable-diffusion.cpp keeps OpenCLIP's orientation under a transformers name.
+                self.text_projection(c, te, l("text_projection"));
             }
             TextEncoderLayout::OpenClip => {
-                let l = |s: &str| format!("{OPEN_CLIP_PREFIX}{s}");
+                let l = |s: &str| format!("{prefix}{s}");
                 self.tensor(
                     te,
                     "text_model.embeddings.token_embedding.weight".into(),
@@ -561,7 +658,8 @@ impl Builder {
                     id,
                 );
                 // Layers past num_hidden_layers (SD 2.x's 24th, dropped for the penultimate
-                // output), text_projection and logit_scale have no diffusers counterpart.
+                // output), logit_scale and (without projection_dim) text_projection have no
+                // diffusers counterpart.
                 for n in 0..c.num_hidden_layers {
                     let d = format!("text_model.encoder.layers.{n}");
                     let r = l(&format!("transformer.resblocks.{n}"));
@@ -580,22 +678,37 @@ impl Builder {
                     }
                 }
                 self.module(te, "text_model.final_layer_norm", &l("ln_final"), id);
+                self.text_projection(c, te, l("text_projection"));
             }
+        }
+    }
+
+    /// CLIPTextModelWithProjection's `text_projection.weight` (`[projection_dim, hidden]`),
+    /// stored `[hidden, projection_dim]` in the checkpoint.
+    fn text_projection(&mut self, c: &ClipTextConfig, te: Component, ldm: String) {
+        if c.projection_dim.is_some() {
+            self.tensor(te, TEXT_PROJECTION.into(), ldm, Transform::Transpose);
         }
     }
 }
 
+/// The projection's diffusers name: beside `text_model.`, not inside it.
+const TEXT_PROJECTION: &str = "text_projection.weight";
+
 impl LdmKeyMap {
     /// The table for one pipeline configuration. Configs come from the diffusers folder that
-    /// accompanies a single-file checkpoint (they are not in the file).
+    /// accompanies a single-file checkpoint (they are not in the file); `text_encoders` in
+    /// pipeline order, one per entry of `layout.text_encoders()`.
     pub fn new(
         unet: &UNet2DConditionConfig,
         vae: &AutoencoderKLConfig,
-        text_encoder: &ClipTextConfig,
-        layout: TextEncoderLayout,
+        text_encoders: &[&ClipTextConfig],
+        layout: CheckpointLayout,
     ) -> Self {
         let mut b = Builder { pairs: Vec::new() };
-        b.text_encoder(text_encoder, layout);
+        for (config, keys) in text_encoders.iter().zip(layout.text_encoders()) {
+            b.text_encoder(config, *keys);
+        }
         b.unet(unet);
         b.vae(vae);
         let mut by_ldm: HashMap<String, Vec<usize>> = HashMap::new();
@@ -612,7 +725,7 @@ impl LdmKeyMap {
         }
     }
 
-    pub fn layout(&self) -> TextEncoderLayout {
+    pub fn layout(&self) -> CheckpointLayout {
         self.layout
     }
 
@@ -635,11 +748,14 @@ impl LdmKeyMap {
     /// Where a diffusers tensor lives in an LDM checkpoint. Text encoder names may come with or
     /// without the `text_model.` prefix (transformers 5 saves them without).
     pub fn to_ldm(&self, component: Component, diffusers_name: &str) -> Option<&KeyPair> {
-        let name = match component {
-            Component::TextEncoder if !diffusers_name.starts_with("text_model.") => {
-                format!("text_model.{diffusers_name}")
-            }
-            _ => diffusers_name.to_string(),
+        let text_encoder = matches!(component, Component::TextEncoder | Component::TextEncoder2);
+        let name = if text_encoder
+            && !diffusers_name.starts_with("text_model.")
+            && diffusers_name != TEXT_PROJECTION
+        {
+            format!("text_model.{diffusers_name}")
+        } else {
+            diffusers_name.to_string()
         };
         self.by_diffusers
             .get(&(component, name))
@@ -669,10 +785,16 @@ pub fn ldm_to_diffusers(
     let numel: usize = ldm_shape.iter().product();
     match transform {
         Transform::Identity => Ok((ldm_shape.to_vec(), 0..numel)),
-        Transform::Conv1x1ToLinear => match ldm_shape {
+        Transform::Conv1x1ToLinear | Transform::LinearOr1x1Conv => match ldm_shape {
             [o, i, 1, 1] | [o, i] => Ok((vec![*o, *i], 0..numel)),
             _ => Err(format!(
                 "expected a 1×1 conv weight [O, I, 1, 1] (or a Linear [O, I]), found {ldm_shape:?}"
+            )),
+        },
+        Transform::Transpose => match ldm_shape {
+            [i, o] => Ok((vec![*o, *i], 0..numel)),
+            _ => Err(format!(
+                "expected a 2-D projection [I, O], found {ldm_shape:?}"
             )),
         },
         Transform::QkvPart(part) => {
@@ -690,11 +812,29 @@ pub fn ldm_to_diffusers(
     }
 }
 
+/// The diffusers tensor (shape, f32 values) an LDM tensor's `values` give under `transform`.
+pub fn ldm_to_diffusers_values(
+    transform: Transform,
+    ldm_shape: &[usize],
+    values: &[f32],
+) -> Result<(Vec<usize>, Vec<f32>), String> {
+    let (shape, range) = ldm_to_diffusers(transform, ldm_shape)?;
+    let part = &values[range];
+    let values = match (transform, ldm_shape) {
+        (Transform::Transpose, [rows, cols]) => (0..rows * cols)
+            .map(|i| part[(i % rows) * cols + i / rows])
+            .collect(),
+        _ => part.to_vec(),
+    };
+    Ok((shape, values))
+}
+
 /// The LDM shape of a diffusers tensor (for QKV: of the stacked tensor).
 pub fn diffusers_to_ldm_shape(transform: Transform, diffusers_shape: &[usize]) -> Vec<usize> {
     let mut shape = diffusers_shape.to_vec();
     match transform {
-        Transform::Identity => {}
+        Transform::Identity | Transform::LinearOr1x1Conv => {}
+        Transform::Transpose => shape.reverse(),
         Transform::Conv1x1ToLinear => shape.extend([1, 1]),
         Transform::QkvPart(_) => {
             if let Some(rows) = shape.first_mut() {
@@ -728,6 +868,45 @@ mod tests {
         assert_eq!(
             diffusers_to_ldm_shape(Transform::Conv1x1ToLinear, &[4, 4]),
             vec![4, 4, 1, 1]
+        );
+    }
+
+    #[test]
+    fn projections_transpose_and_layouts_are_detected() {
+        // [I=2, O=3] → [O, I]
+        let (shape, values) =
+            ldm_to_diffusers_values(Transform::Transpose, &[2, 3], &[1., 2., 3., 4., 5., 6.])
+                .unwrap();
+        assert_eq!(shape, vec![3, 2]);
+        assert_eq!(values, vec![1., 4., 2., 5., 3., 6.]);
+        assert_eq!(
+            diffusers_to_ldm_shape(Transform::Transpose, &[3, 2]),
+            vec![2, 3]
+        );
+        let detect = |name: &str, two| CheckpointLayout::detect([name].into_iter(), two);
+        assert_eq!(
+            detect("conditioner.embedders.1.model.ln_final.weight", true),
+            CheckpointLayout::Sdxl
+        );
+        assert_eq!(
+            detect(
+                "cond_stage_model.1.transformer.text_model.final_layer_norm.weight",
+                true
+            ),
+            CheckpointLayout::SdxlSdCpp
+        );
+        assert_eq!(
+            detect("cond_stage_model.model.ln_final.weight", false),
+            CheckpointLayout::Sd2
+        );
+        assert_eq!(
+            detect("model.diffusion_model.out.0.bias", false),
+            CheckpointLayout::Sd1
+        );
+        // a one-encoder file for an SDXL base: errors name the SDXL tensors
+        assert_eq!(
+            detect("cond_stage_model.model.ln_final.weight", true),
+            CheckpointLayout::Sdxl
         );
     }
 

@@ -1,6 +1,8 @@
 //! Helpers shared by the fixture tests: the GPU device, reference tensors, error metrics.
 #![allow(dead_code)]
 
+pub mod checkpoint_files;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
