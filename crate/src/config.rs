@@ -90,11 +90,16 @@ impl ConfigReader {
     }
 
     pub fn usize_or(&mut self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        Ok(self.usize_opt(key)?.unwrap_or(default))
+    }
+
+    /// A non-negative integer, or None when absent or null.
+    pub fn usize_opt(&mut self, key: &str) -> Result<Option<usize>, ConfigError> {
         match self.raw(key).cloned() {
-            None => Ok(default),
+            None => Ok(None),
             Some(v) => v
                 .as_u64()
-                .map(|v| v as usize)
+                .map(|v| Some(v as usize))
                 .ok_or_else(|| self.invalid(key, "expected a non-negative integer")),
         }
     }

@@ -92,12 +92,14 @@ struct GenOpts {
     prompt: String,
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
+    /// Default: the model's (20; 4 for LCM; 1 for SD-Turbo-style trailing schedules).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Classifier-free guidance scale, finite and ≥ 0; ≤ 1 skips the unconditional pass (0 is
-    /// SD-Turbo's).
-    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
-    guidance: f64,
+    /// SD-Turbo's); an LCM-distilled UNet embeds it instead. Default: the model's (7.5; 8.5
+    /// for LCM-distilled UNets; 1 for LCM schedulers; 0 for SD-Turbo-style).
+    #[arg(long, allow_negative_numbers = true)]
+    guidance: Option<f64>,
     /// The sampler (default: the model's own).
     #[arg(long, value_parser = ChoiceParser::<SchedulerKind>::default())]
     scheduler: Option<SchedulerKind>,
@@ -168,8 +170,12 @@ fn pixels(text: &str) -> Result<usize, String> {
 /// the GPU is touched or a weight is read.
 fn check_settings(opts: &GenOpts, output: Option<&PathBuf>) -> Result<(), String> {
     use sdweb::checks;
-    checks::check_steps(opts.steps)?;
-    checks::check_guidance(opts.guidance)?;
+    if let Some(steps) = opts.steps {
+        checks::check_steps(steps)?;
+    }
+    if let Some(guidance) = opts.guidance {
+        checks::check_guidance(guidance)?;
+    }
     if let Some(strength) = opts.strength {
         checks::check_strength(strength)?;
     }
@@ -254,6 +260,9 @@ struct BenchReport<'a> {
     height: usize,
     dtype: DType,
     mode: &'a BenchMode,
+    steps: usize,
+    /// Whether the unconditional batch row ran.
+    cfg: bool,
     /// The first generation (compile pass included) and the last one.
     cold: &'a sdweb::pipeline::Timings,
     warm: &'a sdweb::pipeline::Timings,
@@ -273,7 +282,7 @@ fn bench_json(r: &BenchReport) -> serde_json::Value {
     let per_step = warm.unet_step_dispatches.first().copied().unwrap_or(0);
     serde_json::json!({
         "model": opts.model.display().to_string(),
-        "width": r.width, "height": r.height, "steps": opts.steps, "cfg": opts.guidance > 1.0,
+        "width": r.width, "height": r.height, "steps": r.steps, "cfg": r.cfg,
         "precision": format!("{:?}", r.dtype), "scheduler": r.scheduler,
         "quantize": opts.quantize.map_or("none", QuantType::name),
         "kernels": opts.kernels.name(),
@@ -337,7 +346,7 @@ fn run(
     let request = build_request(opts, &model, init, mask.as_ref())?;
     eprintln!(
         "seed {}, {}x{}, {} steps, guidance {}",
-        request.seed, request.width, request.height, opts.steps, opts.guidance
+        request.seed, request.width, request.height, request.steps, request.guidance
     );
     // The pool's reservation can shrink, so the peak is sampled after every stage.
     let peak = std::cell::Cell::new(weight_bytes);
@@ -371,6 +380,8 @@ fn run(
             height: request.height,
             dtype,
             mode: &mode,
+            steps: request.steps,
+            cfg: model.uses_cfg(request.guidance),
             cold: &cold,
             warm: &out.timings,
             scheduler: out.scheduler.name(),
@@ -448,11 +459,12 @@ fn build_request(
         Some(path) => Some(read_init_noise(path, model, width, height)?),
         None => None,
     };
+    let recommended = model.recommended_steps_guidance();
     Ok(GenerateRequest {
         prompt: opts.prompt.clone(),
         negative_prompt: opts.negative_prompt.clone(),
-        steps: opts.steps,
-        guidance: opts.guidance,
+        steps: opts.steps.unwrap_or(recommended.0),
+        guidance: opts.guidance.unwrap_or(recommended.1),
         scheduler: opts.scheduler,
         width,
         height,

@@ -37,7 +37,9 @@ fn every_scheduler_with_and_without_cfg_matches_diffusers() {
         cases.len() >= 12,
         "expected the fixture's scheduler × CFG × model cases"
     );
-    for model_name in ["sd1_tiny", "sd2_tiny"] {
+    // sd1_tiny_lcm: an LCM-distilled UNet (guidance as an embedding, no CFG batch) against
+    // LatentConsistencyModelPipeline at guidance 8.5 and 2.
+    for model_name in ["sd1_tiny", "sd2_tiny", "sd1_tiny_lcm"] {
         let model = load(model_name, DType::F32);
         for case in cases.iter().filter(|c| c.model == model_name) {
             assert_ne!(case.width, case.height, "cases are non-square");
@@ -48,6 +50,26 @@ fn every_scheduler_with_and_without_cfg_matches_diffusers() {
             );
         }
     }
+}
+
+/// An LCM-distilled UNet defaults to its pipeline's 4 steps at guidance 8.5, runs no CFG
+/// batch, and refuses a negative prompt (it has no use for one) before any GPU work.
+#[test]
+fn lcm_distilled_unet_defaults_and_refuses_a_negative_prompt() {
+    let model = load("sd1_tiny_lcm", DType::F32);
+    assert_eq!(model.recommended_steps_guidance(), (4, 8.5));
+    assert!(!model.uses_cfg(8.5));
+    let case = e2e_cases()
+        .into_iter()
+        .find(|c| c.model == "sd1_tiny_lcm")
+        .expect("the fixture's LCM cases");
+    let mut req = request(&case, true);
+    req.negative_prompt = "blurry".into();
+    let err = pollster::block_on(model.generate(&req, &StdClock::default(), &mut |_| {}))
+        .err()
+        .expect("a negative prompt is refused")
+        .to_string();
+    assert!(err.contains("negative prompt"), "{err}");
 }
 
 /// Seed alone (no --init-noise) gives the same image: our generator is the fixture's.

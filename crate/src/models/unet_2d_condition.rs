@@ -62,6 +62,9 @@ pub struct UNet2DConditionConfig {
     pub upcast_attention: bool,
     /// SDXL's `addition_embed_type: "text_time"`; None for SD 1.x/2.x.
     pub text_time: Option<TextTimeConfig>,
+    /// `time_cond_proj_dim` of an LCM-distilled UNet: the width of the guidance-scale
+    /// embedding its time embedding takes (`cond_proj`); None for every other UNet.
+    pub time_cond_proj_dim: Option<usize>,
 }
 
 /// SDXL's added conditions: pooled text embeddings and the six size/crop numbers, embedded
@@ -121,8 +124,10 @@ impl UNet2DConditionConfig {
             Some(_) => c.usize_per_level("num_attention_heads", levels, 8)?,
         };
         let text_time = text_time_config(&mut c)?;
+        let time_cond_proj_dim = c.usize_opt("time_cond_proj_dim")?;
         let config = Self {
             text_time,
+            time_cond_proj_dim,
             sample_size: c.usize_or("sample_size", 64)?,
             in_channels: c.usize_or("in_channels", 4)?,
             out_channels: c.usize_or("out_channels", 4)?,
@@ -173,7 +178,6 @@ impl UNet2DConditionConfig {
             "time_embedding_dim",
             "time_embedding_act_fn",
             "timestep_post_act",
-            "time_cond_proj_dim",
             "mid_block_only_cross_attention",
             "cross_attention_norm",
             "reverse_transformer_layers_per_block",
@@ -237,6 +241,31 @@ pub struct AddedConditions {
     pub time_ids: Vec<[f64; 6]>,
 }
 
+/// What a UNet takes besides sample, timestep and text context; each is required exactly when
+/// its config says so.
+#[derive(Clone, Copy, Default)]
+pub struct ExtraConditions<'a> {
+    /// SDXL's text_time conditions.
+    pub added: Option<&'a AddedConditions>,
+    /// An LCM-distilled UNet's `timestep_cond` `[B, time_cond_proj_dim]`: the guidance scale's
+    /// embedding ([`guidance_scale_embedding`]).
+    pub timestep_cond: Option<&'a Tensor<2>>,
+}
+
+/// `LatentConsistencyModelPipeline.get_guidance_scale_embedding(w)` for one `w` (its guidance
+/// scale − 1), in f32 as diffusers computes it: `[sin(1000·w·f_i), cos(1000·w·f_i)]` with
+/// `f_i = exp(−i·ln(10000)/(dim/2 − 1))`, zero-padded to an odd `dim`.
+pub fn guidance_scale_embedding(w: f64, dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let step = 10000f32.ln() / (half as f32 - 1.0);
+    let w = (w * 1000.0) as f32;
+    let args: Vec<f32> = (0..half).map(|i| w * (i as f32 * -step).exp()).collect();
+    let mut row: Vec<f32> = args.iter().map(|a| a.sin()).collect();
+    row.extend(args.iter().map(|a| a.cos()));
+    row.resize(dim, 0.0);
+    row
+}
+
 struct DownBlock {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<Transformer2DModel>,
@@ -255,6 +284,8 @@ pub struct UNet2DConditionModel {
     time_linear_2: Linear,
     /// `add_embedding.linear_1/2` (SDXL's text_time).
     add_embedding: Option<(Linear, Linear)>,
+    /// `time_embedding.cond_proj` (no bias) of an LCM-distilled UNet.
+    cond_proj: Option<Linear>,
     conv_in: Conv2d,
     down_blocks: Vec<DownBlock>,
     mid_resnets: [ResnetBlock2D; 2],
@@ -396,8 +427,13 @@ impl UNet2DConditionModel {
                 ))
             })
             .transpose()?;
+        let cond_proj = c
+            .time_cond_proj_dim
+            .map(|dim| Linear::load(&w.pp("time_embedding").pp("cond_proj"), dim, ch[0], false))
+            .transpose()?;
         Ok(Self {
             add_embedding,
+            cond_proj,
             time_linear_1: Linear::load(&w.pp("time_embedding").pp("linear_1"), ch[0], temb, true)?,
             time_linear_2: Linear::load(&w.pp("time_embedding").pp("linear_2"), temb, temb, true)?,
             conv_in: Conv2d::load(&w.pp("conv_in"), c.in_channels, ch[0], 3, 1, 1)?,
@@ -442,21 +478,26 @@ impl UNet2DConditionModel {
         row
     }
 
-    /// The time embedding (before its SiLU), plus SDXL's added-condition embedding.
+    /// The time embedding (before its SiLU), with an LCM UNet's guidance embedding and
+    /// SDXL's added-condition embedding.
     fn time_embedding(
         &self,
         timestep: f64,
         batch: usize,
         dtype: burn::tensor::DType,
         device: &burn::tensor::Device,
-        added: Option<&AddedConditions>,
+        extra: ExtraConditions,
     ) -> Tensor<2> {
         let dim = self.config.block_out_channels[0];
-        let t_emb = Tensor::<2>::from_data(
+        let mut t_emb = Tensor::<2>::from_data(
             TensorData::new(self.timestep_embedding(timestep, batch), [batch, dim]),
             device,
         )
         .cast(dtype);
+        if let (Some(cond_proj), Some(cond)) = (&self.cond_proj, extra.timestep_cond) {
+            t_emb = t_emb + cond_proj.forward(cond.clone().cast(dtype));
+        }
+        let added = extra.added;
         let temb = self
             .time_linear_2
             .forward(silu(self.time_linear_1.forward(t_emb)));
@@ -494,13 +535,32 @@ impl UNet2DConditionModel {
         context: Tensor<3>,
         added: Option<&AddedConditions>,
     ) -> Tensor<4> {
+        let extra = ExtraConditions {
+            added,
+            timestep_cond: None,
+        };
+        self.forward_conditioned(sample, timestep, context, extra)
+    }
+
+    /// [`Self::forward`] with every extra condition a UNet may take.
+    pub fn forward_conditioned(
+        &self,
+        sample: Tensor<4>,
+        timestep: f64,
+        context: Tensor<3>,
+        extra: ExtraConditions,
+    ) -> Tensor<4> {
         let [batch, ..] = sample.dims();
         assert_eq!(
             self.add_embedding.is_some(),
-            added.is_some(),
+            extra.added.is_some(),
             "SDXL's added conditions are given exactly when the UNet has text_time"
         );
-        let temb = self.time_embedding(timestep, batch, sample.dtype(), &sample.device(), added);
+        assert!(
+            extra.timestep_cond.is_none() || self.cond_proj.is_some(),
+            "a timestep condition is given only to a UNet with time_cond_proj_dim"
+        );
+        let temb = self.time_embedding(timestep, batch, sample.dtype(), &sample.device(), extra);
         // Every ResNet block starts with silu(temb): computed once here.
         let temb = silu(temb);
 

@@ -7,6 +7,7 @@ use super::prompt::Condition;
 use super::*;
 use crate::checks;
 use crate::launches::DispatchCounter;
+use crate::models::unet_2d_condition::{ExtraConditions, guidance_scale_embedding};
 use crate::noise::NoiseGenerator;
 use crate::schedulers;
 
@@ -76,7 +77,8 @@ impl StableDiffusion {
             timings.compile_ms = report.ms;
             timings.compiled_pipelines = report.pipelines;
         }
-        let cfg = req.guidance > 1.0;
+        let guidance = self.guidance(req.guidance);
+        let cfg = matches!(guidance, Guidance::Cfg(_));
         let condition = self
             .encode_prompt(req, cfg, clock, &mut timings, progress)
             .await?;
@@ -101,8 +103,7 @@ impl StableDiffusion {
                 start.shape,
                 start.inpaint.as_ref(),
             );
-            let noise_pred =
-                read_back(self.guided_noise(x, t, &condition, cfg.then_some(req.guidance))).await?;
+            let noise_pred = read_back(self.guided_noise(x, t, &condition, &guidance)).await?;
             checks::check_finite(
                 &format!("the UNet's output at step {index} of {total}"),
                 &noise_pred,
@@ -158,32 +159,68 @@ impl StableDiffusion {
         Tensor::<4>::from_data(TensorData::new(scaled, input_shape), &self.device)
     }
 
-    /// The UNet's noise prediction for f32 latents `x` at timestep `t`, with classifier-free
-    /// guidance at `guidance` when given (the batch is then [unconditional, text]), as f32.
+    /// How a request's guidance scale is applied: classifier-free guidance above 1, nothing at
+    /// or below; an LCM-distilled UNet takes it as an embedding instead (no CFG batch), as
+    /// diffusers' LatentConsistencyModelPipeline does (w = scale − 1).
+    pub(super) fn guidance(&self, scale: f64) -> Guidance {
+        match self.unet.config().time_cond_proj_dim {
+            Some(dim) => Guidance::Embedded(Box::new(
+                Tensor::<2>::from_data(
+                    TensorData::new(guidance_scale_embedding(scale - 1.0, dim), [1, dim]),
+                    &self.device,
+                )
+                .cast(self.dtype),
+            )),
+            None if scale > 1.0 => Guidance::Cfg(scale),
+            None => Guidance::None,
+        }
+    }
+
+    /// Whether a request at guidance `scale` runs the unconditional batch row.
+    pub fn uses_cfg(&self, scale: f64) -> bool {
+        scale > 1.0 && self.unet.config().time_cond_proj_dim.is_none()
+    }
+
+    /// The UNet's noise prediction for f32 latents `x` at timestep `t` under `guidance` (with
+    /// CFG the batch is [unconditional, text]), as f32.
     pub(super) fn guided_noise(
         &self,
         x: Tensor<4>,
         t: f64,
         condition: &Condition,
-        guidance: Option<f64>,
+        guidance: &Guidance,
     ) -> Tensor<4> {
         let x = x.cast(self.dtype);
-        let x = if guidance.is_some() {
-            Tensor::cat(vec![x.clone(), x], 0)
-        } else {
-            x
+        let x = match guidance {
+            Guidance::Cfg(_) => Tensor::cat(vec![x.clone(), x], 0),
+            _ => x,
+        };
+        let extra = ExtraConditions {
+            added: condition.added.as_ref(),
+            timestep_cond: match guidance {
+                Guidance::Embedded(w) => Some(w.as_ref()),
+                _ => None,
+            },
         };
         let out = self
             .unet
-            .forward_with(x, t, condition.context.clone(), condition.added.as_ref())
+            .forward_conditioned(x, t, condition.context.clone(), extra)
             .cast(DType::F32);
         match guidance {
-            Some(scale) => {
+            Guidance::Cfg(scale) => {
                 let uncond = out.clone().narrow(0, 0, 1);
                 let text = out.narrow(0, 1, 1);
-                uncond.clone() + (text - uncond) * scale
+                uncond.clone() + (text - uncond) * *scale
             }
-            None => out,
+            _ => out,
         }
     }
+}
+
+/// A request's guidance as the UNet applies it ([`StableDiffusion::guidance`]).
+pub(super) enum Guidance {
+    None,
+    Cfg(f64),
+    /// The guidance-scale embedding `[1, time_cond_proj_dim]` of an LCM-distilled UNet.
+    Embedded(Box<Tensor<2>>),
 }

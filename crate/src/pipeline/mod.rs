@@ -203,11 +203,15 @@ impl StableDiffusion {
         self.unet.config().sample_size * self.vae_scale_factor()
     }
 
-    /// Steps and guidance suited to the model, read from its scheduler config: LCM-distilled
-    /// models want 4 steps at guidance 1, trailing-timestep (SD-Turbo-style) models 1 step
-    /// without guidance, everything else diffusers' 20 steps at 7.5 (our CLI default is 20).
+    /// Steps and guidance suited to the model, from its scheduler and UNet configs: an
+    /// LCM-distilled UNet 4 steps at its pipeline's guidance 8.5 (embedded, not CFG), LCM
+    /// schedulers otherwise (LCM-LoRA) 4 at guidance 1, trailing-timestep (SD-Turbo-style)
+    /// models 1 step without guidance, everything else diffusers' 20 steps at 7.5.
     pub fn recommended_steps_guidance(&self) -> (usize, f64) {
-        recommended_steps_guidance(&self.scheduler_config)
+        recommended_steps_guidance(
+            &self.scheduler_config,
+            self.unet.config().time_cond_proj_dim.is_some(),
+        )
     }
 
     /// Everything about `req` that can be wrong, checked before any GPU work: steps, guidance,
@@ -219,7 +223,12 @@ impl StableDiffusion {
         checks::check_guidance(req.guidance).map_err(PipelineError::Invalid)?;
         checks::check_side("width", req.width, f).map_err(PipelineError::Invalid)?;
         checks::check_side("height", req.height, f).map_err(PipelineError::Invalid)?;
-        let batch = if req.guidance > 1.0 { 2 } else { 1 };
+        if self.unet.config().time_cond_proj_dim.is_some() && !req.negative_prompt.is_empty() {
+            return Err(PipelineError::Invalid(
+                "this LCM-distilled UNet takes its guidance as an embedding, without a negative prompt; leave the negative prompt empty".into(),
+            ));
+        }
+        let batch = if self.uses_cfg(req.guidance) { 2 } else { 1 };
         let max_binding = crate::kernels::device_max_binding_bytes(&self.device);
         let channels = &self.unet.config().block_out_channels;
         checks::check_activations(
@@ -261,10 +270,15 @@ fn non_finite(message: String, dtype: DType) -> PipelineError {
     PipelineError::NonFinite(format!("{message}: {hint}"))
 }
 
-/// See [`StableDiffusion::recommended_steps_guidance`].
-pub fn recommended_steps_guidance(config: &SchedulerConfig) -> (usize, f64) {
+/// See [`StableDiffusion::recommended_steps_guidance`]; `guidance_embedded`: the UNet has
+/// `time_cond_proj_dim`.
+pub fn recommended_steps_guidance(
+    config: &SchedulerConfig,
+    guidance_embedded: bool,
+) -> (usize, f64) {
     let trailing = config.timestep_spacing == Some(TimestepSpacing::Trailing);
     match config.kind() {
+        _ if guidance_embedded => (4, 8.5),
         Ok(SchedulerKind::Lcm) => (4, 1.0),
         _ if trailing => (1, 0.0),
         _ => (20, 7.5),
@@ -287,7 +301,7 @@ mod tests {
     use super::*;
 
     fn defaults(json: &str) -> (usize, f64) {
-        recommended_steps_guidance(&SchedulerConfig::from_json(json).unwrap())
+        recommended_steps_guidance(&SchedulerConfig::from_json(json).unwrap(), false)
     }
 
     #[test]
@@ -301,6 +315,9 @@ mod tests {
         let lcm = r#"{"_class_name": "LCMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
             "beta_start": 0.00085, "num_train_timesteps": 1000, "original_inference_steps": 50}"#;
         assert_eq!(defaults(lcm), (4, 1.0));
+        // An LCM-distilled UNet (time_cond_proj_dim): LatentConsistencyModelPipeline's defaults.
+        let config = SchedulerConfig::from_json(lcm).unwrap();
+        assert_eq!(recommended_steps_guidance(&config, true), (4, 8.5));
         // SD 1.5: PNDM, leading.
         let sd15 = r#"{"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
             "beta_start": 0.00085, "num_train_timesteps": 1000, "skip_prk_steps": true, "steps_offset": 1}"#;

@@ -26,8 +26,8 @@ impl StableDiffusion {
         let key = CompileKey {
             width: req.width,
             height: req.height,
-            cfg: req.guidance > 1.0,
-            zero_negative: self.zero_negative(&req.negative_prompt, req.guidance > 1.0),
+            cfg: self.uses_cfg(req.guidance),
+            zero_negative: self.zero_negative(&req.negative_prompt, self.uses_cfg(req.guidance)),
             init_image: req.init_image.is_some(),
         };
         if self
@@ -67,7 +67,8 @@ impl StableDiffusion {
         let condition = self.condition(&self.placeholder_rows(key), key.width, key.height);
         let unet_in = self.unet.config().in_channels;
         let x = Tensor::<4>::zeros([1, unet_in, h, w], &self.device);
-        drop(self.guided_noise(x, 999.0, &condition, key.cfg.then_some(7.5)));
+        let guidance = self.guidance(if key.cfg { 7.5 } else { 1.0 });
+        drop(self.guided_noise(x, 999.0, &condition, &guidance));
         let latents = self.vae.config().latent_channels;
         let z = Tensor::<4>::zeros([1, latents, h, w], &self.device);
         drop(self.decode_tensor(z.clone()));
