@@ -272,53 +272,26 @@ fn quantised_files_declare_their_block_tensors() {
 }
 
 /// An SDXL folder quantises whole: both text encoders and tokenizers, from its model_index.
-#[test]
-fn sdxl_folders_quantise_with_both_text_encoders() {
-    let out = std::env::temp_dir().join(format!("sdweb-quant-sdxl-{}", std::process::id()));
-    let reports = sdweb::weights::quantize_model::quantize_folder(
-        &fixtures().join("sdxl_tiny"),
-        &out,
-        Some(&QuantPolicy::new(QuantType::Q8_0)),
-    )
-    .unwrap();
-    let components: Vec<&str> = reports.iter().map(|r| r.component.as_str()).collect();
-    assert_eq!(
-        components,
-        ["text_encoder", "text_encoder_2", "unet", "vae"]
-    );
-    // (The tiny VAE's rows are no whole 32-value blocks: it stays f16.)
-    assert!(
-        reports[..3]
-            .iter()
-            .all(|r| r.tensors.get("q8_0").is_some_and(|&n| n > 0)),
-        "{reports:?}"
-    );
-    assert!(out.join("tokenizer_2/tokenizer.json").is_file());
-    let model = StableDiffusion::load(&out, &device(), DType::F32).unwrap();
-    assert!(model.text_encoder_2().is_some());
-    let _ = std::fs::remove_dir_all(&out);
-}
-
-/// `sdweb quantize` output loads as a normal model with its weights still quantised, and
-/// end-to-end images stay near f32 for every scheduler (PSNR printed for the notes).
-#[test]
-fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
-    let out = std::env::temp_dir().join(format!("sdweb-quant-{}", std::process::id()));
+/// `sdweb quantize` copies of `model` at q8_0 and q4_0 (the policies), loaded as normal
+/// folders, after the f32 original; and the folder holding the copies.
+fn quantised_copies(model: &str) -> (Vec<(String, StableDiffusion)>, std::path::PathBuf) {
+    let out = std::env::temp_dir().join(format!("sdweb-quant-{model}-{}", std::process::id()));
     let mut models = vec![(
         "f32".to_string(),
-        StableDiffusion::load(&fixtures().join("sd1_tiny"), &device(), DType::F32).unwrap(),
+        StableDiffusion::load(&fixtures().join(model), &device(), DType::F32).unwrap(),
     )];
     for ty in [QuantType::Q8_0, QuantType::Q4_0] {
         let dir = out.join(ty.name());
         let reports = sdweb::weights::quantize_model::quantize_folder(
-            &fixtures().join("sd1_tiny"),
+            &fixtures().join(model),
             &dir,
             Some(&QuantPolicy::new(ty)),
         )
         .unwrap();
+        // At least a third smaller than the input (f32 for sd1_tiny, fp16 for sdxl_tiny).
         let unet = reports.iter().find(|r| r.component == "unet").unwrap();
         assert!(
-            unet.tensors[ty.name()] > 0 && unet.output_bytes * 3 < unet.input_bytes,
+            unet.tensors[ty.name()] > 0 && unet.output_bytes * 3 < unet.input_bytes * 2,
             "{unet:?}"
         );
         models.push((
@@ -326,22 +299,19 @@ fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
             StableDiffusion::load(&dir, &device(), DType::F32).unwrap(),
         ));
     }
-    let names = [
-        "ddim",
-        "euler",
-        "euler-a",
-        "dpmpp-2m",
-        "dpmpp-2m-karras",
-        "lcm",
-        "pndm",
-    ];
-    for scheduler in names {
+    (models, out)
+}
+
+/// The f32, q8_0 and q4_0 models' images for every scheduler: PSNR vs f32 printed for the
+/// notes and held above `floors` (q8_0, q4_0).
+fn check_psnr_per_scheduler(what: &str, models: &[(String, StableDiffusion)], floors: (f64, f64)) {
+    for scheduler in SchedulerKind::ALL {
         let request = GenerateRequest {
             prompt: "a lighthouse on a cliff".into(),
             negative_prompt: String::new(),
             steps: 3,
             guidance: 5.0,
-            scheduler: Some(SchedulerKind::from_name(scheduler).unwrap()),
+            scheduler: Some(scheduler),
             width: 32,
             height: 32,
             seed: 7,
@@ -359,14 +329,53 @@ fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
             .collect();
         let q8 = psnr(&images[1], &images[0]);
         let q4 = psnr(&images[2], &images[0]);
-        eprintln!("{scheduler}: PSNR vs f32 q8_0 {q8:.1} dB, q4_0 {q4:.1} dB");
-        // About 3 dB under the lowest measured values (q8_0 55.3 dB, q4_0 41.5 dB): a real
-        // loss of quality fails, rounding differences between adapters do not.
+        let name = scheduler.name();
+        eprintln!("{what} {name}: PSNR vs f32 q8_0 {q8:.1} dB, q4_0 {q4:.1} dB");
         assert!(
-            q8 >= 52.0 && q4 >= 38.5,
-            "{scheduler}: q8 {q8:.1} dB, q4 {q4:.1} dB"
+            q8 >= floors.0 && q4 >= floors.1,
+            "{what} {name}: q8 {q8:.1} dB, q4 {q4:.1} dB"
         );
     }
+}
+
+/// SDXL folders quantise with both text encoders (and tokenizer_2), load, and their images
+/// stay near f32 for every scheduler.
+#[test]
+fn sdxl_folders_quantise_with_both_text_encoders() {
+    let (models, out) = quantised_copies("sdxl_tiny");
+    let reports = sdweb::weights::quantize_model::quantize_folder(
+        &fixtures().join("sdxl_tiny"),
+        &out.join("q8_0-again"),
+        Some(&QuantPolicy::new(QuantType::Q8_0)),
+    )
+    .unwrap();
+    let components: Vec<&str> = reports.iter().map(|r| r.component.as_str()).collect();
+    assert_eq!(
+        components,
+        ["text_encoder", "text_encoder_2", "unet", "vae"]
+    );
+    // (The tiny VAE's rows are no whole 32-value blocks: it stays f16.)
+    assert!(
+        reports[..3]
+            .iter()
+            .all(|r| r.tensors.get("q8_0").is_some_and(|&n| n > 0)),
+        "{reports:?}"
+    );
+    assert!(out.join("q8_0/tokenizer_2/tokenizer.json").is_file());
+    assert!(models.iter().all(|(_, m)| m.text_encoder_2().is_some()));
+    // About 3 dB under the lowest measured values (q8_0 53.5 dB, q4_0 39.0 dB).
+    check_psnr_per_scheduler("sdxl_tiny", &models, (50.5, 36.0));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `sdweb quantize` output loads as a normal model with its weights still quantised, and
+/// end-to-end images stay near f32 for every scheduler (PSNR printed for the notes).
+#[test]
+fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
+    let (models, out) = quantised_copies("sd1_tiny");
+    // About 3 dB under the lowest measured values (q8_0 55.3 dB, q4_0 41.5 dB): a real
+    // loss of quality fails, rounding differences between adapters do not.
+    check_psnr_per_scheduler("sd1_tiny", &models, (52.0, 38.5));
     let _ = std::fs::remove_dir_all(&out);
 }
 
