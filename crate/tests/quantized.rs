@@ -339,6 +339,7 @@ fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
         let request = GenerateRequest {
             prompt: "a lighthouse on a cliff".into(),
             negative_prompt: String::new(),
+            prompt_syntax: Default::default(),
             steps: 3,
             guidance: 5.0,
             scheduler: Some(SchedulerKind::from_name(scheduler).unwrap()),

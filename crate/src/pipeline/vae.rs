@@ -23,12 +23,14 @@ impl StableDiffusion {
         clock: &dyn Clock,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Option<CompileReport>, PipelineError> {
+        let cfg = req.guidance > 1.0;
         let key = CompileKey {
             width: req.width,
             height: req.height,
-            cfg: req.guidance > 1.0,
-            zero_negative: self.zero_negative(&req.negative_prompt, req.guidance > 1.0),
+            cfg,
+            zero_negative: self.zero_negative(&req.negative_prompt, cfg),
             init_image: req.init_image.is_some(),
+            prompt_chunks: self.prompt_rows(req, cfg, &mut |_| {})?.chunk_count(),
         };
         if self
             .compiled
