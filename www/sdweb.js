@@ -129,6 +129,7 @@ function revisionOf(model) {
  * @typedef {object} GenerateOptions
  * @property {string} [prompt]
  * @property {string} [negativePrompt]
+ * @property {'a1111' | 'plain'} [promptSyntax] 'a1111' (default): (emphasis), (text:1.3), [less], BREAK, any length; 'plain': diffusers' text cut at 77 tokens
  * @property {number} [steps]
  * @property {number} [guidance]
  * @property {string} [scheduler] one of SCHEDULERS
@@ -191,13 +192,13 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
     info,
     /** @param {GenerateOptions} [options] */
     async generate({ prompt = '', negativePrompt = '', steps = info.steps, guidance = info.guidance, scheduler,
-      width, height, seed, signal, initImage, strength, mask, previewEvery, onProgress: perCall } = {}) {
+      width, height, seed, signal, initImage, strength, mask, previewEvery, promptSyntax, onProgress: perCall } = {}) {
       if (disposed) throw new Error('the generator was disposed');
       if (busy) throw new Error('a generation is already running on this generator; wait for it (or abort it) first');
       if (signal?.aborted) throw Object.assign(new Error('generation cancelled'), { name: 'AbortError' });
       busy = true;
       try {
-        return await run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, previewEvery, perCall });
+        return await run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, previewEvery, promptSyntax, perCall });
       } finally {
         busy = false;
       }
@@ -213,7 +214,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
   };
 
   /** @param {GenerateOptions & { perCall?: (event: ProgressEvent) => void }} options @returns {Promise<GenerateResult>} */
-  async function run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, previewEvery, perCall }) {
+  async function run({ prompt, negativePrompt, steps, guidance, scheduler, width, height, seed, signal, initImage, strength, mask, previewEvery, promptSyntax, perCall }) {
     const progress = perCall ?? onProgress;
     // A lost device or a crashed worker: start a new one, which reloads from the cache.
     if (session.failure) {
@@ -232,6 +233,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
     height ??= bitmap ? fit(bitmap.height) : info.height;
     const request = { prompt, negativePrompt, steps: Number(steps), guidance: Number(guidance), width: Number(width), height: Number(height), seed: Number(seed) };
     if (scheduler) request.scheduler = scheduler;
+    if (promptSyntax) request.promptSyntax = promptSyntax;
     if (mask && !bitmap) throw new Error('a mask needs an initImage to inpaint');
     // Inpainting: white = repaint. Both go over at their own size; the wasm core resizes them
     // with the CLI's code, so one input gives one image on both.

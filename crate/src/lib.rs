@@ -20,6 +20,7 @@ pub mod options;
 pub mod pipeline;
 pub mod png_meta;
 pub mod preview;
+pub mod prompt_syntax;
 pub mod schedulers;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]

@@ -7,7 +7,7 @@ use burn::tensor::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
 use sdweb::kernels::KernelPolicy;
-use sdweb::options::{ChoiceParser, Precision};
+use sdweb::options::{ChoiceParser, Precision, PromptSyntax};
 use sdweb::pipeline::{
     GenerateRequest, InitImage, LoadOptions, Progress, StableDiffusion, StdClock,
 };
@@ -103,6 +103,10 @@ struct GenOpts {
     /// The sampler (default: the model's own).
     #[arg(long, value_parser = ChoiceParser::<SchedulerKind>::default())]
     scheduler: Option<SchedulerKind>,
+    /// How the prompts are read: A1111's emphasis, BREAK and long prompts, or diffusers' plain
+    /// text cut at 77 tokens.
+    #[arg(long, default_value = "a1111", value_parser = ChoiceParser::<PromptSyntax>::default())]
+    prompt_syntax: PromptSyntax,
     /// A positive multiple of the VAE factor (8 for SD), at most 2048. Default: the model's
     /// native size (UNet sample_size × VAE factor).
     #[arg(long, value_parser = pixels, allow_negative_numbers = true)]
@@ -463,6 +467,7 @@ fn build_request(
     Ok(GenerateRequest {
         prompt: opts.prompt.clone(),
         negative_prompt: opts.negative_prompt.clone(),
+        prompt_syntax: opts.prompt_syntax,
         steps: opts.steps.unwrap_or(recommended.0),
         guidance: opts.guidance.unwrap_or(recommended.1),
         scheduler: opts.scheduler,

@@ -56,6 +56,30 @@ impl Precision {
     }
 }
 
+/// How the prompt text is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PromptSyntax {
+    /// AUTOMATIC1111's: `(emphasis)`, `(text:1.3)`, `[less]`, `BREAK`, any length in 75-token
+    /// chunks (see [`crate::prompt_syntax`]).
+    #[default]
+    A1111,
+    /// diffusers': the text as written, one 77-token row, the rest cut.
+    Plain,
+}
+
+impl Choice for PromptSyntax {
+    const WHAT: &'static str = "prompt syntax";
+    fn all() -> Vec<Self> {
+        vec![Self::A1111, Self::Plain]
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            Self::A1111 => "a1111",
+            Self::Plain => "plain",
+        }
+    }
+}
+
 /// An option whose values are a fixed list of names: one `FromStr` (whose error lists them) and
 /// one clap parser ([`ChoiceParser`], which lists them in `--help`) for all of them.
 pub trait Choice: Sized + Clone + Send + Sync + 'static {
@@ -128,7 +152,13 @@ macro_rules! from_str_by_choice {
         }
     )*};
 }
-from_str_by_choice!(Precision, SchedulerKind, QuantType, KernelPolicy);
+from_str_by_choice!(
+    Precision,
+    SchedulerKind,
+    QuantType,
+    KernelPolicy,
+    PromptSyntax
+);
 
 impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -226,6 +256,10 @@ mod tests {
             "unknown quantisation q2_k; choose q8_0 or q4_0"
         );
         assert_eq!("burn".parse::<KernelPolicy>(), Ok(KernelPolicy::Burn));
+        assert_eq!(
+            "sdxl".parse::<PromptSyntax>().unwrap_err(),
+            "unknown prompt syntax sdxl; choose a1111 or plain"
+        );
         assert_eq!(parse_quantize(Some("none")), Ok(None));
     }
 

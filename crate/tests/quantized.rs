@@ -309,6 +309,7 @@ fn check_psnr_per_scheduler(what: &str, models: &[(String, StableDiffusion)], fl
         let request = GenerateRequest {
             prompt: "a lighthouse on a cliff".into(),
             negative_prompt: String::new(),
+            prompt_syntax: Default::default(),
             steps: 3,
             guidance: 5.0,
             scheduler: Some(scheduler),

@@ -250,6 +250,10 @@ export type GeneratorInfo = {
 export type GenerateOptions = {
     prompt?: string;
     negativePrompt?: string;
+    /**
+     * 'a1111' (default): (emphasis), (text:1.3), [less], BREAK, any length; 'plain': diffusers' text cut at 77 tokens
+     */
+    promptSyntax?: 'a1111' | 'plain';
     steps?: number;
     guidance?: number;
     /**

@@ -2,11 +2,13 @@
 //! (`last_hidden_state`), or SDXL's two (penultimate hidden states concatenated, the second
 //! encoder's pooled projection, and the size/crop ids the UNet's added embedding takes).
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, TensorData};
 
 use super::*;
 use crate::launches::DispatchCounter;
 use crate::models::unet_2d_condition::AddedConditions;
+use crate::options::PromptSyntax;
+use crate::prompt_syntax::{self, Chunk};
 
 /// What the UNet is conditioned on, one row per image of its batch (with CFG `[negative,
 /// prompt]`, as diffusers stacks them).
@@ -16,14 +18,77 @@ pub(super) struct Condition {
     pub added: Option<AddedConditions>,
 }
 
-/// Token rows for the encoders, with CFG `[negative, prompt]`.
+/// Token rows for the encoders: each encoded prompt (with CFG `[negative, prompt]`) as the
+/// same number of 77-token chunks, each row with its tokens' emphasis multipliers.
 pub(super) struct PromptRows {
-    ids: Vec<Vec<u32>>,
+    prompts: Vec<Vec<Chunk>>,
     /// SDXL's second tokenizer's rows.
-    ids_2: Option<Vec<Vec<u32>>>,
+    prompts_2: Option<Vec<Vec<Chunk>>>,
     /// SDXL with CFG and no negative prompt: the negative row is zeros, not encoded
-    /// (`force_zeros_for_empty_prompt`); `ids` then hold the prompt only.
+    /// (`force_zeros_for_empty_prompt`); `prompts` then hold the prompt only.
     zero_negative: bool,
+}
+
+impl PromptRows {
+    /// The chunks of each encoded prompt.
+    pub(super) fn chunk_count(&self) -> usize {
+        self.prompts[0].len()
+    }
+}
+
+/// One prompt read by one tokenizer, and what [`Progress::Tokenized`] reports of it.
+struct TokenizedPrompt {
+    chunks: Vec<Chunk>,
+    truncated: bool,
+    token_count: usize,
+    max_length: usize,
+}
+
+/// `text` as `syntax` reads it: plain is diffusers' one truncated row; A1111's is never cut
+/// (its count includes bos and eos once, its limit is what the chunks hold).
+fn tokenize_prompt(
+    tokenizer: &ClipTokenizer,
+    text: &str,
+    syntax: PromptSyntax,
+) -> Result<TokenizedPrompt, PipelineError> {
+    match syntax {
+        PromptSyntax::Plain => {
+            let encoded = tokenizer.encode(text);
+            let weights = vec![1.0; encoded.ids.len()];
+            Ok(TokenizedPrompt {
+                chunks: vec![Chunk {
+                    ids: encoded.ids,
+                    weights,
+                }],
+                truncated: encoded.truncated,
+                token_count: encoded.token_count,
+                max_length: tokenizer.max_length(),
+            })
+        }
+        PromptSyntax::A1111 => {
+            let chunked = prompt_syntax::tokenize_a1111(tokenizer, text)?;
+            let chunk_length = tokenizer.max_length() - 2;
+            Ok(TokenizedPrompt {
+                max_length: chunked.chunks.len() * chunk_length + 2,
+                chunks: chunked.chunks,
+                truncated: false,
+                token_count: chunked.token_count + 2,
+            })
+        }
+    }
+}
+
+/// Every prompt extended to `count` chunks with the empty prompt's (A1111's `pad_cond`: the
+/// shorter of prompt and negative prompt gets the empty prompt's encoding appended).
+fn pad_chunks(prompts: &mut [Vec<Chunk>], count: usize, tokenizer: &ClipTokenizer) {
+    let empty = tokenizer.encode("").ids;
+    let empty = Chunk {
+        weights: vec![1.0; empty.len()],
+        ids: empty,
+    };
+    for chunks in prompts {
+        chunks.resize(count, empty.clone());
+    }
 }
 
 impl StableDiffusion {
@@ -32,54 +97,87 @@ impl StableDiffusion {
         cfg && self.xl.is_some() && self.force_zeros_for_empty_prompt && negative_prompt.is_empty()
     }
 
-    /// Token ids for the text encoder: with CFG `[negative, prompt]`, as diffusers stacks them.
+    /// Token ids for the text encoder: with CFG `[negative, prompt]`, as diffusers stacks them,
+    /// each prompt's 77-token chunks one after the other.
     pub fn tokenize(
         &self,
-        prompt: &str,
-        negative: &str,
+        req: &GenerateRequest,
         cfg: bool,
         progress: &mut dyn FnMut(Progress),
-    ) -> Vec<Vec<u32>> {
-        self.prompt_rows(prompt, negative, cfg, progress).ids
+    ) -> Result<Vec<Vec<u32>>, PipelineError> {
+        let rows = self.prompt_rows(req, cfg, progress)?;
+        Ok(rows.prompts.into_iter().flatten().map(|c| c.ids).collect())
     }
 
-    fn prompt_rows(
+    pub(super) fn prompt_rows(
         &self,
-        prompt: &str,
-        negative: &str,
+        req: &GenerateRequest,
         cfg: bool,
         progress: &mut dyn FnMut(Progress),
-    ) -> PromptRows {
-        let zero_negative = self.zero_negative(negative, cfg);
-        let rows = |tokenizer: &ClipTokenizer| {
-            let encoded = tokenizer.encode(prompt);
+    ) -> Result<PromptRows, PipelineError> {
+        let zero_negative = self.zero_negative(&req.negative_prompt, cfg);
+        let rows = |tokenizer: &ClipTokenizer| -> Result<_, PipelineError> {
+            let prompt = tokenize_prompt(tokenizer, &req.prompt, req.prompt_syntax)?;
             let mut rows = Vec::new();
             if cfg && !zero_negative {
-                rows.push(tokenizer.encode(negative).ids);
+                let negative = tokenize_prompt(tokenizer, &req.negative_prompt, req.prompt_syntax)?;
+                rows.push(negative.chunks);
             }
-            rows.push(encoded.ids);
-            (rows, encoded.truncated, encoded.token_count)
+            let report = Progress::Tokenized {
+                truncated: prompt.truncated,
+                token_count: prompt.token_count,
+                max_length: prompt.max_length,
+            };
+            rows.push(prompt.chunks);
+            Ok((rows, report))
         };
-        let (ids, truncated, token_count) = rows(&self.tokenizer);
-        progress(Progress::Tokenized {
-            truncated,
-            token_count,
-            max_length: self.tokenizer.max_length(),
-        });
-        PromptRows {
-            ids,
-            ids_2: self.xl.as_ref().map(|xl| rows(&xl.tokenizer_2).0),
-            zero_negative,
+        let (mut prompts, report) = rows(&self.tokenizer)?;
+        progress(report);
+        let mut prompts_2 = match &self.xl {
+            Some(xl) => Some(rows(&xl.tokenizer_2)?.0),
+            None => None,
+        };
+        let count = prompts
+            .iter()
+            .chain(prompts_2.iter().flatten())
+            .map(Vec::len)
+            .max()
+            .unwrap_or(1);
+        pad_chunks(&mut prompts, count, &self.tokenizer);
+        if let (Some(rows_2), Some(xl)) = (&mut prompts_2, &self.xl) {
+            pad_chunks(rows_2, count, &xl.tokenizer_2);
         }
+        Ok(PromptRows {
+            prompts,
+            prompts_2,
+            zero_negative,
+        })
+    }
+
+    /// The UNet's text condition for `req` (with CFG `[negative, prompt]`): the context
+    /// `[batch, 77 × chunks, D]` and SDXL's pooled text embeddings.
+    pub fn text_condition(
+        &self,
+        req: &GenerateRequest,
+        cfg: bool,
+    ) -> Result<(Tensor<3>, Option<Tensor<2>>), PipelineError> {
+        let rows = self.prompt_rows(req, cfg, &mut |_| {})?;
+        let condition = self.condition(&rows, req.width, req.height);
+        Ok((condition.context, condition.added.map(|a| a.text_embeds)))
     }
 
     /// Placeholder rows of the shapes a generation at `key` encodes (for the compile pass).
     pub(super) fn placeholder_rows(&self, key: CompileKey) -> PromptRows {
         let encoded = if key.cfg && !key.zero_negative { 2 } else { 1 };
-        let row = vec![0; self.tokenizer.max_length()];
+        let n = self.tokenizer.max_length();
+        let chunk = Chunk {
+            ids: vec![0; n],
+            weights: vec![1.0; n],
+        };
+        let prompt = vec![chunk; key.prompt_chunks];
         PromptRows {
-            ids: vec![row.clone(); encoded],
-            ids_2: self.xl.as_ref().map(|_| vec![row; encoded]),
+            prompts: vec![prompt.clone(); encoded],
+            prompts_2: self.xl.as_ref().map(|_| vec![prompt; encoded]),
             zero_negative: key.zero_negative,
         }
     }
@@ -94,7 +192,7 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Condition, PipelineError> {
         let t0 = clock.now_ms();
-        let rows = self.prompt_rows(&req.prompt, &req.negative_prompt, cfg, progress);
+        let rows = self.prompt_rows(req, cfg, progress)?;
         timings.tokenize_ms = clock.now_ms() - t0;
         let t1 = clock.now_ms();
         let counter = DispatchCounter::start();
@@ -108,30 +206,38 @@ impl StableDiffusion {
         Ok(condition)
     }
 
-    /// The UNet's condition for `rows` of an image of `width` × `height`.
+    /// The UNet's condition for `rows` of an image of `width` × `height`: each encoder's
+    /// chunks encoded as one batch, emphasised, and joined along the sequence axis; SDXL's
+    /// pooled embedding from each prompt's first chunk (as A1111).
     pub(super) fn condition(&self, rows: &PromptRows, width: usize, height: usize) -> Condition {
+        let encoded = rows.prompts.len();
         let Some(xl) = &self.xl else {
+            let states = self.text_encoder.forward(&chunk_ids(&rows.prompts));
             return Condition {
-                context: self.text_encoder.forward(&rows.ids),
+                context: join_chunks(emphasised(states, &rows.prompts), encoded),
                 added: None,
             };
         };
-        let first = self.text_encoder.encode(&rows.ids);
-        let second = xl.text_encoder_2.encode(
-            rows.ids_2
-                .as_ref()
-                .expect("SDXL rows for the second tokenizer"),
-        );
+        let rows_2 = rows
+            .prompts_2
+            .as_ref()
+            .expect("SDXL rows for the second tokenizer");
+        let first = self.text_encoder.encode(&chunk_ids(&rows.prompts));
+        let second = xl.text_encoder_2.encode(&chunk_ids(rows_2));
         let mut context = Tensor::cat(
             vec![
-                first.penultimate_hidden_state,
-                second.penultimate_hidden_state,
+                join_chunks(
+                    emphasised(first.penultimate_hidden_state, &rows.prompts),
+                    encoded,
+                ),
+                join_chunks(emphasised(second.penultimate_hidden_state, rows_2), encoded),
             ],
             2,
         );
-        let mut pooled = second
+        let text_embeds = second
             .text_embeds
             .expect("text_encoder_2 has a projection (checked at build)");
+        let mut pooled = first_chunks(text_embeds, encoded);
         if rows.zero_negative {
             context = Tensor::cat(vec![context.clone().zeros_like(), context], 0);
             pooled = Tensor::cat(vec![pooled.clone().zeros_like(), pooled], 0);
@@ -147,4 +253,49 @@ impl StableDiffusion {
             }),
         }
     }
+}
+
+/// Every prompt's chunks, one encoder row each, prompt after prompt.
+fn chunk_ids(prompts: &[Vec<Chunk>]) -> Vec<Vec<u32>> {
+    prompts.iter().flatten().map(|c| c.ids.clone()).collect()
+}
+
+/// A1111's emphasis ("Original"): each row's hidden states times its tokens' multipliers,
+/// then rescaled so that the row's mean is what it was. Unweighted prompts are left as they
+/// are (bit for bit diffusers').
+fn emphasised(states: Tensor<3>, prompts: &[Vec<Chunk>]) -> Tensor<3> {
+    if prompts.iter().flatten().all(Chunk::is_unweighted) {
+        return states;
+    }
+    let [n, s, d] = states.dims();
+    let weights: Vec<f32> = prompts
+        .iter()
+        .flatten()
+        .flat_map(|c| c.weights.iter().copied())
+        .collect();
+    let weights = Tensor::<3>::from_data(TensorData::new(weights, [n, s, 1]), &states.device())
+        .cast(DType::F32);
+    let dtype = states.dtype();
+    // The means in f32: a sum over 77 × 2048 values overflows f16.
+    let states = states.cast(DType::F32);
+    let mean = |t: &Tensor<3>| t.clone().reshape([n, s * d]).mean_dim(1).reshape([n, 1, 1]);
+    let original = mean(&states);
+    let weighted = states * weights;
+    let restore = original / mean(&weighted);
+    (weighted * restore).cast(dtype)
+}
+
+/// `[prompts × chunks, 77, D]` → `[prompts, chunks × 77, D]`: each prompt's chunks in a row.
+fn join_chunks(states: Tensor<3>, prompts: usize) -> Tensor<3> {
+    let [n, s, d] = states.dims();
+    states.reshape([prompts, n / prompts * s, d])
+}
+
+/// `[prompts × chunks, E]` → each prompt's first chunk's `[prompts, E]`.
+fn first_chunks(embeds: Tensor<2>, prompts: usize) -> Tensor<2> {
+    let [n, e] = embeds.dims();
+    embeds
+        .reshape([prompts, n / prompts, e])
+        .narrow(1, 0, 1)
+        .reshape([prompts, e])
 }

@@ -4,6 +4,7 @@
 use super::PipelineError;
 use crate::checks;
 use crate::image_io::{self, RgbImage};
+use crate::options::PromptSyntax;
 use crate::png_meta::GenerationParams;
 use crate::schedulers::SchedulerKind;
 
@@ -36,12 +37,16 @@ pub struct CompileKey {
     pub zero_negative: bool,
     /// An init image (the VAE encoder runs).
     pub init_image: bool,
+    /// 77-token chunks of the context (every encoded prompt has as many).
+    pub prompt_chunks: usize,
 }
 
 #[derive(Clone, Debug)]
 pub struct GenerateRequest {
     pub prompt: String,
     pub negative_prompt: String,
+    /// How both prompts are read.
+    pub prompt_syntax: PromptSyntax,
     pub steps: usize,
     pub guidance: f64,
     /// None: the model's own scheduler_config.json class.

@@ -23,12 +23,14 @@ impl StableDiffusion {
         clock: &dyn Clock,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Option<CompileReport>, PipelineError> {
+        let cfg = self.uses_cfg(req.guidance);
         let key = CompileKey {
             width: req.width,
             height: req.height,
-            cfg: self.uses_cfg(req.guidance),
-            zero_negative: self.zero_negative(&req.negative_prompt, self.uses_cfg(req.guidance)),
+            cfg,
+            zero_negative: self.zero_negative(&req.negative_prompt, cfg),
             init_image: req.init_image.is_some(),
+            prompt_chunks: self.prompt_rows(req, cfg, &mut |_| {})?.chunk_count(),
         };
         if self
             .compiled

@@ -9,6 +9,7 @@ use wasm_bindgen::prelude::*;
 use super::error::{CodedError, internal};
 use super::js_types::{GenerateOptions, GenerateResult, ModelInfo, from_js, timings_for_js, to_js};
 use crate::image_io::RgbImage;
+use crate::options::PromptSyntax;
 use crate::pipeline::{Clock, GenerateRequest, InitImage, Progress, StableDiffusion};
 use crate::png_meta::encode_png;
 use crate::schedulers::SchedulerKind;
@@ -136,10 +137,15 @@ fn parse_request(
         None | Some("") => None,
         Some(name) => Some(name.parse::<SchedulerKind>().map_err(CodedError::invalid)?),
     };
+    let prompt_syntax = match req.prompt_syntax.as_deref() {
+        None | Some("") => PromptSyntax::default(),
+        Some(name) => name.parse().map_err(CodedError::invalid)?,
+    };
     let init_image = init_image(&req, init_rgba, mask_rgba)?;
     Ok(GenerateRequest {
         prompt: req.prompt,
         negative_prompt: req.negative_prompt,
+        prompt_syntax,
         steps: req.steps,
         guidance: req.guidance,
         scheduler,

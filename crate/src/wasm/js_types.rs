@@ -41,6 +41,9 @@ pub struct GenerateOptions {
     pub prompt: String,
     #[serde(default)]
     pub negative_prompt: String,
+    /// "a1111" (default) or "plain".
+    #[serde(default)]
+    pub prompt_syntax: Option<String>,
     pub steps: usize,
     pub guidance: f64,
     #[serde(default)]

@@ -151,6 +151,7 @@ pub fn case_request(case: &Case) -> sdweb::pipeline::GenerateRequest {
     sdweb::pipeline::GenerateRequest {
         prompt: case.prompt.clone(),
         negative_prompt: case.negative_prompt.clone(),
+        prompt_syntax: Default::default(),
         steps: case.steps,
         guidance: case.guidance,
         scheduler: Some(sdweb::schedulers::SchedulerKind::from_name(&case.scheduler).unwrap()),
@@ -189,4 +190,47 @@ pub fn assert_image_close(name: &str, ours: &[u8], reference: &[u8]) {
         max <= 3 && mean <= 0.5,
         "{name}: max {max}/255 (≤3), mean {mean:.3}/255 (≤0.5)"
     );
+}
+
+/// One case of reference/prompt_syntax.json (A1111 prompt syntax, see make_fixtures.py).
+#[derive(serde::Deserialize, Debug, Clone)]
+pub struct PromptSyntaxCase {
+    pub name: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    /// 77-token chunks of each prompt after padding.
+    pub chunks: usize,
+}
+
+pub fn prompt_syntax_cases() -> Vec<PromptSyntaxCase> {
+    let path = reference_dir().join("prompt_syntax.json");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).expect("prompt_syntax.json")
+}
+
+/// A CFG request for the case's prompts (only the prompt fields matter to the text encoders).
+pub fn prompt_syntax_request(case: &PromptSyntaxCase) -> sdweb::pipeline::GenerateRequest {
+    sdweb::pipeline::GenerateRequest {
+        prompt: case.prompt.clone(),
+        negative_prompt: case.negative_prompt.clone(),
+        prompt_syntax: sdweb::options::PromptSyntax::A1111,
+        steps: 2,
+        guidance: 7.5,
+        scheduler: None,
+        width: 64,
+        height: 64,
+        seed: 0,
+        init_noise: None,
+        init_image: None,
+        preview_every: None,
+    }
+}
+
+/// Reference token rows (int32 stored, read as f32) as ids.
+pub fn reference_rows(reference: &RefTensor) -> Vec<Vec<u32>> {
+    reference
+        .values
+        .chunks(reference.shape[1])
+        .map(|r| r.iter().map(|&v| v as u32).collect())
+        .collect()
 }
