@@ -281,7 +281,11 @@ fn emphasised(states: Tensor<3>, prompts: &[Vec<Chunk>]) -> Tensor<3> {
     let mean = |t: &Tensor<3>| t.clone().reshape([n, s * d]).mean_dim(1).reshape([n, 1, 1]);
     let original = mean(&states);
     let weighted = states * weights;
-    let restore = original / mean(&weighted);
+    // A row whose weighted mean is exactly 0 keeps its scale (A1111 would divide 0 by 0 there:
+    // a NaN condition; the tiny fixtures' zero-bias final norms meet it, real encoders not).
+    let new_mean = mean(&weighted);
+    let zero = new_mean.clone().equal_elem(0.0);
+    let restore = (original / new_mean.mask_fill(zero.clone(), 1.0)).mask_fill(zero, 1.0);
     (weighted * restore).cast(dtype)
 }
 
