@@ -25,6 +25,14 @@ export const MODELS = [
   { id: 'sd15', name: 'Stable Diffusion 1.5', url: 'https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main', downloadBytes: 2_130_000_000,
     gpuBytes: { f16: 2_430_000_000, q8_0: 1_350_000_000, q4_0: 950_000_000 }, storedBytes: { q8_0: 1_136_000_000, q4_0: 697_000_000 },
     note: '512×512, 20–30 steps (fp16 weights, 2.1 GB download once).' },
+  // SDXL: the full-size architectures with random weights (README "SDXL and SDXL-Turbo"); base
+  // and Turbo share them, so their sizes are the same. q4_0 keeps both text encoders at q8_0.
+  { id: 'sdxl-turbo', name: 'SDXL-Turbo', url: 'https://huggingface.co/stabilityai/sdxl-turbo/resolve/main', downloadBytes: 6_938_009_278,
+    gpuBytes: { f16: 7_258_833_984, q8_0: 4_037_339_680, q4_0: 3_097_815_584 }, storedBytes: { q4_0: 2_643_724_974 },
+    note: 'SDXL distilled: 512×512 in 1–4 steps without guidance (fp16 weights, 6.9 GB download once; q4 needs about 3.1 GB of GPU memory for the weights). Previews: ?taesd=…/madebyollin/taesdxl/resolve/main.' },
+  { id: 'sdxl-base', name: 'SDXL 1.0 base', url: 'https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main', downloadBytes: 6_938_009_278,
+    gpuBytes: { f16: 7_258_833_984, q8_0: 4_037_339_680, q4_0: 3_097_815_584 }, storedBytes: { q4_0: 2_643_724_974 },
+    note: '1024×1024, 20–40 steps (fp16 weights, 6.9 GB download once); a desktop GPU with 8 GB or more. Previews: ?taesd=…/madebyollin/taesdxl/resolve/main.' },
 ];
 
 /** Weight formats the page offers: q8_0/q4_0 are quantised while loading (GGUF block layouts). */

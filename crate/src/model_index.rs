@@ -134,7 +134,6 @@ impl ModelIndex {
     }
 
     /// Reads `dir`'s model_index.json (native folders).
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn read(dir: &std::path::Path) -> Result<Self, String> {
         let path = dir.join(crate::layout::MODEL_INDEX);
         let text = std::fs::read_to_string(&path).map_err(|e| {

@@ -375,6 +375,11 @@ test('the weights picker shows download, cached and GPU sizes per format before 
   for (const note of Object.values(notes)) assert.match(note, /Download 2\.1 GB[^]*GPU memory for the weights/);
   assert.notEqual(notes.f16, notes.q4_0);
   assert.equal(await page.isVisible('#load-model'), true, 'picking a big model must only show the load button');
+  // SDXL-Turbo is offered with its measured sizes (q4_0: 3.1 GB of GPU memory, 2.6 GB cached).
+  await page.selectOption('#model', 'sdxl-turbo');
+  await page.selectOption('#weights', 'q4_0');
+  assert.match(await page.textContent('#weights-note'), /Download 6\.9 GB[^]*GPU memory for the weights ≈ 3\.1 GB[^]*2\.6 GB/);
+  assert.equal(await page.isVisible('#load-model'), true);
 });
 
 // One fresh worker costs ~4 min of SwiftShader shader compilation, so this test also covers q8_0

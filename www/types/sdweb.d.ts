@@ -58,6 +58,7 @@ export function deleteCachedModel(model: any): Promise<void>;
  * @typedef {object} GenerateOptions
  * @property {string} [prompt]
  * @property {string} [negativePrompt]
+ * @property {'a1111' | 'plain'} [promptSyntax] 'a1111' (default): (emphasis), (text:1.3), [less], BREAK, any length; 'plain': diffusers' text cut at 77 tokens
  * @property {number} [steps]
  * @property {number} [guidance]
  * @property {string} [scheduler] one of SCHEDULERS
@@ -124,6 +125,22 @@ export const MODELS: ({
     storedBytes: {
         q8_0: number;
         q4_0: number;
+    };
+    note: string;
+    bundled?: undefined;
+} | {
+    id: string;
+    name: string;
+    url: string;
+    downloadBytes: number;
+    gpuBytes: {
+        f16: number;
+        q8_0: number;
+        q4_0: number;
+    };
+    storedBytes: {
+        q4_0: number;
+        q8_0?: undefined;
     };
     note: string;
     bundled?: undefined;
@@ -253,7 +270,7 @@ export type GenerateOptions = {
     /**
      * 'a1111' (default): (emphasis), (text:1.3), [less], BREAK, any length; 'plain': diffusers' text cut at 77 tokens
      */
-    promptSyntax?: 'a1111' | 'plain';
+    promptSyntax?: "a1111" | "plain";
     steps?: number;
     guidance?: number;
     /**
