@@ -282,11 +282,21 @@ fn inpainting_matches_diffusers_for_both_unet_kinds() {
 /// projection at latent size.
 #[test]
 fn a_preview_after_every_step_from_taesd_or_the_latent_projection() {
+    check_previews("sd2_tiny", "sd2-euler-cfg");
+    // SDXL: its own latent projection, and an AutoencoderTiny of TAESDXL's architecture.
+    let sdxl_case = e2e_cases()
+        .into_iter()
+        .find(|c| c.model == "sdxl_tiny")
+        .expect("the fixture's SDXL cases");
+    check_previews("sdxl_tiny", &sdxl_case.name);
+}
+
+fn check_previews(model_name: &str, case_name: &str) {
     let case = e2e_cases()
         .into_iter()
-        .find(|c| c.name == "sd2-euler-cfg")
+        .find(|c| c.name == case_name)
         .unwrap();
-    let mut model = load("sd2_tiny", DType::F32);
+    let mut model = load(model_name, DType::F32);
     let req = GenerateRequest {
         preview_every: Some(1),
         ..request(&case, true)
@@ -341,7 +351,10 @@ fn a_preview_after_every_step_from_taesd_or_the_latent_projection() {
     );
     let (want, ..) = pollster::block_on(model.preview(&denoised.latents, denoised.shape)).unwrap();
     assert_eq!(last.2, want);
-    assert!(last.2.iter().any(|&v| v != last.2[0]), "a flat preview");
+    assert!(
+        last.2.iter().any(|&v| v != last.2[0]),
+        "{model_name}: a flat preview"
+    );
 }
 
 /// sd1_tiny with its text encoder's `final_layer_norm.bias` set to the prompt-syntax
