@@ -94,6 +94,14 @@ for i, text in enumerate([
     write("tokenizer", f"prompt{i}.txt", text)
 
 for i, text in enumerate([
+    "a (photo:1.3) of a [cat], ((masterpiece)), \\(not emphasis\\) BREAK a red mat",
+    "(((nested (deep:0.5) [weak [weaker]]))) unbalanced ((( ]]] :1.2) (a:1e3) (b:-2) \\",
+    ", ".join(f"word{i} (w{i}:1.{i % 10})" for i in range(60)),
+    "BREAK BREAK (BREAK) [BREAK:1.2] (x:1.2.3) (:) () [] été 中文 " + "(" * 40 + "deep" + ")" * 40,
+]):
+    write("prompt_syntax", f"prompt{i}.txt", text)
+
+for i, text in enumerate([
     "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7.0, Seed: 1, Size: 512x512, Model: v1-5",
     "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 64x64, Denoising strength: 0.75",
     'masterpiece, 1girl\nNegative prompt: lowres\nSteps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3923525049, '

@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, FuzzTarget)] = &[
     ("png_image", png_image),
     ("tokenizer", tokenizer),
     ("a1111_parameters", a1111_parameters),
+    ("prompt_syntax", prompt_syntax),
 ];
 
 /// The safetensors header parser on the whole input, then the seekable reader and every
@@ -219,6 +220,36 @@ pub fn tokenizer(data: &[u8]) {
         slow.try_encode(&plain).ok(),
         fast.try_encode(&plain).ok(),
         "slow and fast tokenizers disagree on {plain:?}"
+    );
+}
+
+/// A1111 prompt syntax on any text: at least one chunk, each framed for the text encoder
+/// (max_length ids, bos first, one finite multiplier per id), and as many tokens counted as
+/// the chunks hold.
+pub fn prompt_syntax(data: &[u8]) {
+    let [(tok, vocab), _] = fixture_tokenizers();
+    let text = String::from_utf8_lossy(data);
+    let Ok(prompt) = crate::prompt_syntax::tokenize_a1111(tok, &text) else {
+        return;
+    };
+    assert!(!prompt.chunks.is_empty(), "no chunk for {text:?}");
+    for chunk in &prompt.chunks {
+        assert_eq!(chunk.ids.len(), tok.max_length(), "{text:?}");
+        assert_eq!(chunk.weights.len(), chunk.ids.len(), "{text:?}");
+        assert_eq!(chunk.ids[0], tok.bos_id(), "{text:?}");
+        assert!(
+            chunk.ids.iter().all(|&id| (id as usize) < *vocab),
+            "{text:?}"
+        );
+        assert!(
+            chunk.weights.iter().all(|w| w.is_finite()),
+            "{text:?}: {:?}",
+            chunk.weights
+        );
+    }
+    assert!(
+        prompt.token_count <= prompt.chunks.len() * (tok.max_length() - 2),
+        "{text:?}"
     );
 }
 

@@ -322,3 +322,8 @@ fn tokenizer() {
 fn a1111_parameters() {
     fuzz("a1111_parameters");
 }
+
+#[test]
+fn prompt_syntax() {
+    fuzz("prompt_syntax");
+}
