@@ -179,6 +179,10 @@ mod tests {
             "{message}"
         );
         assert!(check_activations(1488, 1488, 8, &sd15, 2, 2, limit).is_ok());
+        // SDXL base at its native 1024² with CFG fits in f32 and f16 (2 · 16384 · 960 · 4 = 126 MB).
+        let sdxl = [320, 640, 1280];
+        assert!(check_activations(1024, 1024, 8, &sdxl, 2, 4, limit).is_ok());
+        assert!(check_activations(1024, 1024, 8, &sdxl, 2, 2, limit).is_ok());
         assert!(
             check_finite("x", &[1.0, f32::NAN, f32::INFINITY])
                 .unwrap_err()
