@@ -401,15 +401,8 @@ fn a1111_prompt_syntax_matches_the_reference_on_sd1() {
     let cases = prompt_syntax_cases();
     assert!(cases.iter().any(|c| c.chunks > 1), "a multi-chunk case");
     for case in &cases {
-        let req = prompt_syntax_request(case);
         let prefix = format!("sd1_tiny.{}", case.name);
-        let rows = model.tokenize(&req, true, &mut |_| {}).unwrap();
-        assert_eq!(
-            rows,
-            reference_rows(&reference[&format!("{prefix}.ids")]),
-            "{prefix}"
-        );
-        let (context, pooled) = model.text_condition(&req, true).unwrap();
+        let (context, pooled) = checked_prompt_condition(&model, case, &reference, &prefix);
         assert!(pooled.is_none());
         assert_eq!(context.dims(), [2, 77 * case.chunks, 32]);
         // Measured: max abs error 2.4e-6 (states up to 4.0).
@@ -427,10 +420,7 @@ fn a1111_prompt_syntax_matches_the_reference_on_sd1() {
 #[test]
 fn long_prompts_generate() {
     let model = load("sd1_tiny", DType::F32);
-    let case = prompt_syntax_cases()
-        .into_iter()
-        .find(|c| c.name == "long")
-        .unwrap();
+    let case = prompt_syntax_case("long");
     let mut req = prompt_syntax_request(&case);
     let long = run(&model, &req);
     assert_eq!(long.len(), req.width * req.height * 3);
@@ -447,10 +437,7 @@ fn long_prompts_generate() {
 #[test]
 fn long_prompts_are_chunked_and_plain_cuts_them() {
     let model = load("sd1_tiny", DType::F32);
-    let case = prompt_syntax_cases()
-        .into_iter()
-        .find(|c| c.name == "long")
-        .unwrap();
+    let case = prompt_syntax_case("long");
     let mut req = prompt_syntax_request(&case);
     let mut events = Vec::new();
     let tokens = model

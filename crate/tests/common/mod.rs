@@ -234,3 +234,29 @@ pub fn reference_rows(reference: &RefTensor) -> Vec<Vec<u32>> {
         .map(|r| r.iter().map(|&v| v as u32).collect())
         .collect()
 }
+
+/// The prompt-syntax case called `name`.
+pub fn prompt_syntax_case(name: &str) -> PromptSyntaxCase {
+    prompt_syntax_cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no prompt-syntax case {name}"))
+}
+
+/// `model`'s token rows for `case` (asserted equal to the reference's `{prefix}.ids`) and its
+/// text condition (context, SDXL's pooled embeddings), with CFG.
+pub fn checked_prompt_condition(
+    model: &sdweb::pipeline::StableDiffusion,
+    case: &PromptSyntaxCase,
+    reference: &HashMap<String, RefTensor>,
+    prefix: &str,
+) -> (Tensor<3>, Option<Tensor<2>>) {
+    let req = prompt_syntax_request(case);
+    let rows = model.tokenize(&req, true, &mut |_| {}).unwrap();
+    assert_eq!(
+        rows,
+        reference_rows(&reference[&format!("{prefix}.ids")]),
+        "{prefix}"
+    );
+    model.text_condition(&req, true).unwrap()
+}
