@@ -396,6 +396,7 @@ fn load_model(
             .map(|to| QuantPolicy::new(to).with_overrides(&opts.quant_override))
             .transpose()?,
         kernels: opts.kernels,
+        ..Default::default()
     };
     let mut model = match &opts.checkpoint {
         Some(file) => {
