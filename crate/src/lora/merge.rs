@@ -233,6 +233,7 @@ mod tests {
         for (layer, weight) in layers {
             let file = LoraFile {
                 name: "test.safetensors".into(),
+                short_hash: String::new(),
                 layers: vec![layer],
             };
             set.push(Arc::new(file), weight);

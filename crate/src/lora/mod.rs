@@ -16,6 +16,7 @@
 mod merge;
 mod parse;
 pub mod prompt_tags;
+pub mod select;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -60,10 +61,18 @@ impl LoraLayer {
 pub struct LoraFile {
     /// What errors call it (the file path or name).
     pub name: String,
+    /// A1111's short hash (12 hex digits) for the parameters text's `Lora hashes`.
+    pub short_hash: String,
     pub layers: Vec<LoraLayer>,
 }
 
 impl LoraFile {
+    /// The name prompts call it by: the file name without folder and `.safetensors`.
+    pub fn stem(&self) -> &str {
+        let base = self.name.rsplit(['/', '\\']).next().unwrap_or(&self.name);
+        base.strip_suffix(".safetensors").unwrap_or(base)
+    }
+
     /// Reads and parses a LoRA `.safetensors` file (LoRAs are small: read whole).
     pub fn read(path: &Path) -> Result<Self, WeightError> {
         let name = path.display().to_string();
@@ -104,6 +113,25 @@ impl LoraSet {
         parts.sort_by_key(|c| c.folder());
         parts.dedup();
         parts
+    }
+
+    /// A1111's `Lora hashes` field (`name: hash, …`, names without `:` and `,`), None
+    /// without LoRAs.
+    pub fn a1111_hashes(&self) -> Option<(String, String)> {
+        let hashes: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let name: String = e
+                    .file
+                    .stem()
+                    .chars()
+                    .filter(|c| !matches!(c, ':' | ','))
+                    .collect();
+                format!("{name}: {}", e.file.short_hash)
+            })
+            .collect();
+        (!hashes.is_empty()).then(|| ("Lora hashes".to_string(), hashes.join(", ")))
     }
 
     /// The layers that patch `component`, ready for its store (None: no layer does).

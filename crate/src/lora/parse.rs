@@ -118,8 +118,21 @@ pub fn parse_lora(bytes: &[u8], file: &str) -> Result<LoraFile, WeightError> {
     }
     Ok(LoraFile {
         name: file.to_string(),
+        short_hash: short_hash(bytes, &header),
         layers,
     })
+}
+
+/// A1111's LoRA short hash: the first 12 hex digits of the `sshs_model_hash` metadata when the
+/// file has one, else of the sha256 of everything after the header (kohya's "addnet" hash,
+/// which ignores the editable JSON header).
+fn short_hash(bytes: &[u8], header: &SafetensorsHeader) -> String {
+    use sha2::{Digest, Sha256};
+    if let Some(hash) = header.metadata.get("sshs_model_hash") {
+        return hash.chars().take(12).collect();
+    }
+    let digest = Sha256::digest(&bytes[(header.data_start as usize).min(bytes.len())..]);
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 fn split_suffix(name: &str) -> Option<(String, Part)> {
