@@ -326,3 +326,35 @@ mod tests {
         );
     }
 }
+
+/// The merge's CPU cost, for the README: `cargo test -p sdweb --lib merge_throughput --
+/// --ignored --nocapture`.
+#[cfg(test)]
+#[test]
+#[ignore]
+fn merge_throughput() {
+    let (out, inner, rank) = (1280usize, 1280usize, 32usize);
+    let factor = Factor {
+        file: "bench".into(),
+        tensor: "bench".into(),
+        rank,
+        out,
+        inner: vec![inner],
+        up_scaled: vec![0.01; out * rank],
+        down: vec![0.01; rank * inner].into(),
+    };
+    let mut values = vec![0.0f32; out * inner];
+    let start = std::time::Instant::now();
+    let runs = 20;
+    for _ in 0..runs {
+        add_delta(std::slice::from_ref(&factor), 0, inner, &mut values);
+    }
+    let seconds = start.elapsed().as_secs_f64() / runs as f64;
+    let gmac = (out * inner * rank) as f64 / 1e9;
+    eprintln!(
+        "merge: {:.1} ms per 1280×1280 rank-32 layer, {:.2} GMAC/s (checksum {})",
+        seconds * 1e3,
+        gmac / seconds,
+        values[0]
+    );
+}
