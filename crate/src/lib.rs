@@ -12,6 +12,7 @@ pub mod image_io;
 pub mod kernels;
 pub mod launches;
 pub mod layout;
+pub mod lora;
 pub mod model_index;
 pub mod models;
 pub mod noise;

@@ -7,6 +7,7 @@ use burn::tensor::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
 use sdweb::kernels::KernelPolicy;
+use sdweb::lora::select::{LoraRequest, parse_lora_arg};
 use sdweb::options::{ChoiceParser, Precision, PromptSyntax};
 use sdweb::pipeline::{
     GenerateRequest, InitImage, LoadOptions, Progress, StableDiffusion, StdClock,
@@ -156,6 +157,14 @@ struct GenOpts {
     /// quantised weights dequantised first: the reference and the baseline).
     #[arg(long, default_value = "sdweb", value_parser = ChoiceParser::<KernelPolicy>::default())]
     kernels: KernelPolicy,
+    /// A LoRA (.safetensors, kohya/A1111 or diffusers/PEFT names) merged into the weights as
+    /// they load, FILE[:WEIGHT] (default weight 1); repeatable, the LoRAs add up.
+    #[arg(long = "lora", value_name = "FILE[:WEIGHT]", value_parser = parse_lora_arg, allow_hyphen_values = true)]
+    loras: Vec<LoraRequest>,
+    /// Where the prompt's `<lora:NAME:WEIGHT>` tags find NAME.safetensors (they also name
+    /// --lora files by their stem).
+    #[arg(long)]
+    lora_dir: Option<PathBuf>,
 }
 
 /// A width or height: a positive number of pixels (the model's VAE factor is checked once its
@@ -322,6 +331,7 @@ fn run(
     bench: Option<BenchMode>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     check_settings(opts, output)?;
+    let loras = LoraChoice::resolve(opts)?;
     let init = opts.init_image.as_deref().map(read_png).transpose()?;
     let mask = opts.mask.as_deref().map(read_png).transpose()?;
     let clock = StdClock::default();
@@ -331,7 +341,7 @@ fn run(
         .map_err(|e| format!("no usable GPU adapter: {e:?}"))?;
     let dtype = opts.precision.resolve(device.supports_dtype(DType::F16))?;
     eprintln!("compute precision: {dtype:?}");
-    let model = load_model(opts, &device, dtype)?;
+    let model = load_model(opts, &device, dtype, loras.set.clone())?;
     let weight_bytes = reserved_bytes(&device);
     let load_ms = clock_ms(&clock) - t0;
     eprintln!("loaded {} in {:.0} ms", opts.model.display(), load_ms);
@@ -347,7 +357,8 @@ fn run(
         println!("{line}");
         return Ok(());
     }
-    let request = build_request(opts, &model, init, mask.as_ref())?;
+    let mut request = build_request(opts, &model, init, mask.as_ref())?;
+    request.prompt = loras.prompt.clone();
     eprintln!(
         "seed {}, {}x{}, {} steps, guidance {}",
         request.seed, request.width, request.height, request.steps, request.guidance
@@ -372,7 +383,9 @@ fn run(
 
     if let Some(path) = output {
         let noise_source = opts.init_noise.as_deref().map(file_name);
-        let params = request.a1111_parameters(out.scheduler, model.name(), noise_source.as_deref());
+        let mut params =
+            request.a1111_parameters(out.scheduler, model.name(), noise_source.as_deref());
+        loras.record(&mut params, &opts.prompt);
         let png = encode_png(&out.rgb, out.width as u32, out.height as u32, &params)?;
         sdweb::files::write_atomically(path, &png)?;
         eprintln!("wrote {}", path.display());
@@ -398,12 +411,50 @@ fn run(
     Ok(())
 }
 
+/// The LoRAs of --lora and the prompt's `<lora:…>` tags, read before the GPU is touched.
+struct LoraChoice {
+    /// The prompt without its tags (what the text encoder reads).
+    prompt: String,
+    tags: Vec<sdweb::lora::prompt_tags::LoraTag>,
+    chosen: Vec<LoraRequest>,
+    set: sdweb::lora::LoraSet,
+}
+
+impl LoraChoice {
+    fn resolve(opts: &GenOpts) -> Result<Self, Box<dyn std::error::Error>> {
+        let (prompt, tags) = sdweb::lora::prompt_tags::take_lora_tags(&opts.prompt)?;
+        let chosen = sdweb::lora::select::resolve(&opts.loras, opts.lora_dir.as_deref(), &tags)?;
+        let mut set = sdweb::lora::LoraSet::default();
+        for lora in &chosen {
+            let file = sdweb::lora::LoraFile::read(&lora.path)?;
+            set.push(std::sync::Arc::new(file), lora.weight);
+        }
+        Ok(Self {
+            prompt,
+            tags,
+            chosen,
+            set,
+        })
+    }
+
+    /// The parameters text as A1111 writes it: the prompt with its tags (one added for each
+    /// --lora no tag names) and `Lora hashes`.
+    fn record(&self, params: &mut GenerationParams, original_prompt: &str) {
+        if let Some(field) = self.set.a1111_hashes() {
+            params.prompt =
+                sdweb::lora::select::prompt_with_tags(original_prompt, &self.chosen, &self.tags);
+            params.extra.push(field);
+        }
+    }
+}
+
 /// The model: the --model folder, or its configs with a single-file checkpoint's weights;
 /// quantised while loading with --quantize; TAESD for previews with --taesd.
 fn load_model(
     opts: &GenOpts,
     device: &Device,
     dtype: DType,
+    loras: sdweb::lora::LoraSet,
 ) -> Result<StableDiffusion, Box<dyn std::error::Error>> {
     let options = LoadOptions {
         quantization: opts
@@ -411,6 +462,7 @@ fn load_model(
             .map(|to| QuantPolicy::new(to).with_overrides(&opts.quant_override))
             .transpose()?,
         kernels: opts.kernels,
+        loras,
     };
     let mut model = match &opts.checkpoint {
         Some(file) => {

@@ -7,6 +7,7 @@ use super::{Component, PipelineError, SdxlEncoder, StableDiffusion};
 use crate::config::{ConfigError, ConfigReader};
 use crate::kernels::KernelPolicy;
 use crate::layout;
+use crate::lora::LoraSet;
 use crate::model_index::ModelIndex;
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
@@ -75,6 +76,8 @@ pub struct LoadOptions {
     pub quantization: Option<QuantPolicy>,
     /// The kernels every layer runs.
     pub kernels: KernelPolicy,
+    /// LoRAs merged into the weights as they load (see [`crate::lora`]).
+    pub loras: LoraSet,
 }
 
 /// Assembles a [`StableDiffusion`] from parts that arrive one by one: from a folder natively,
@@ -188,11 +191,15 @@ impl PipelineBuilder {
         {
             store.set_quantization(policy.clone(), component.folder());
         }
+        if let Some(lora) = self.options.loras.for_component(component) {
+            store.set_lora(lora);
+        }
         ComponentLoad { config, store }
     }
 
     /// Builds the component from its received weights; the store is dropped afterwards.
     pub fn finish_component(&mut self, load: ComponentLoad) -> Result<(), PipelineError> {
+        load.store.check_lora()?;
         let root = load.store.root();
         match load.config {
             ComponentConfig::TextEncoder(c) => {
@@ -242,6 +249,17 @@ impl PipelineBuilder {
             }
         };
         check_widths(&name, &text_encoder, xl.as_ref(), &unet)?;
+        if xl.is_none()
+            && self
+                .options
+                .loras
+                .components()
+                .contains(&Component::TextEncoder2)
+        {
+            return Err(PipelineError::Invalid(format!(
+                "model {name}: a LoRA patches text_encoder_2 (lora_te2_ / text_encoder_2. layers), which this model has not: is it an SDXL LoRA?"
+            )));
+        }
         let force_zeros = self
             .model_index
             .map_or(xl.is_some(), |i| i.force_zeros_for_empty_prompt);

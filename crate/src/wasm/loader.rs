@@ -46,6 +46,7 @@ fn load_options(options: &LoaderOptions) -> Result<LoadOptions, CodedError> {
     Ok(LoadOptions {
         quantization,
         kernels,
+        ..Default::default()
     })
 }
 

@@ -17,6 +17,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 pub use quant::{QuantPolicy, QuantType};
 
 use crate::kernels::KernelPolicy;
+use crate::lora::ComponentLora;
 
 /// Largest single GPU tensor we create: WebGPU's default storage-binding limit is 128 MiB,
 /// so bigger weights (SD's CLIP token embedding) are split into row shards.
@@ -48,6 +49,9 @@ pub enum WeightError {
     Destination(String),
     #[error("internal: header needs {0} bytes")]
     NeedMoreBytes(usize),
+    /// A LoRA that does not fit the model (a layer without target, a shape mismatch).
+    #[error("{0}")]
+    Lora(String),
 }
 
 impl WeightError {
@@ -57,6 +61,7 @@ impl WeightError {
         match self {
             WeightError::Malformed { .. } | WeightError::NeedMoreBytes(_) => "malformed-weights",
             WeightError::Missing { .. } | WeightError::Shape { .. } => "weights-mismatch",
+            WeightError::Lora(_) => "lora-mismatch",
             WeightError::Io { .. }
             | WeightError::NoWeightsFile { .. }
             | WeightError::Destination(_) => "io",
@@ -191,6 +196,10 @@ pub struct PendingTensor {
     shards: Vec<Tensor<1>>,
     encoding: Encoding,
     quantized: Option<(QuantType, Tensor<2>)>,
+    /// Rows already uploaded (where the next shard starts).
+    rows_done: usize,
+    /// A LoRA patches this tensor (its layers fit): merged shard by shard.
+    lora_merge: bool,
 }
 
 impl PendingTensor {
@@ -211,6 +220,8 @@ pub struct TensorStore {
     quantization: Option<(QuantPolicy, String)>,
     /// The kernels the layers built from this store run (they keep a copy).
     kernels: KernelPolicy,
+    /// LoRA layers merged into the weights they patch as those arrive.
+    lora: Option<ComponentLora>,
 }
 
 impl TensorStore {
@@ -225,6 +236,50 @@ impl TensorStore {
             taken: RefCell::new(BTreeSet::new()),
             quantization: None,
             kernels: KernelPolicy::default(),
+            lora: None,
+        }
+    }
+
+    /// Merges `lora`'s layers into the weights they patch as those arrive (before any
+    /// quantisation); set before the first tensor.
+    pub fn set_lora(&mut self, lora: ComponentLora) {
+        self.lora = Some(lora);
+    }
+
+    /// After every tensor is in: Err when a LoRA layer found no weight or misfit one.
+    pub fn check_lora(&self) -> Result<(), WeightError> {
+        match &self.lora {
+            Some(lora) => lora.finish(self.tensors.keys()).map_err(WeightError::Lora),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a LoRA that misfits weights a file declares (`(our name, shape)`, blocks as
+    /// `[rows, row length]`), before any of their bytes are read.
+    pub fn check_lora_shapes<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a str, Vec<usize>)>,
+    ) -> Result<(), WeightError> {
+        let Some(lora) = &self.lora else {
+            return Ok(());
+        };
+        for (name, shape) in entries {
+            lora.check_shape(name, &shape).map_err(WeightError::Lora)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a LoRA patches `name` (of logical `shape`): marks it merged when its layers fit.
+    fn begin_lora(&self, name: &str, shape: &[usize]) -> bool {
+        self.lora
+            .as_ref()
+            .is_some_and(|l| l.begin(name, shape).is_some())
+    }
+
+    /// Adds the LoRA delta of `name`'s rows `row_start..` to `values`.
+    fn merge_lora(&self, name: &str, row_start: usize, row_len: usize, values: &mut [f32]) {
+        if let Some(factors) = self.lora.as_ref().and_then(|l| l.factors(name)) {
+            crate::lora::add_delta(factors, row_start, row_len, values);
         }
     }
 
@@ -327,8 +382,17 @@ impl TensorStore {
     ) -> PendingTensor {
         let total_elems: usize = shape.iter().product();
         let encoding = self.encoding_for(name, dtype, shape, blocks);
+        let lora_merge = match encoding {
+            Encoding::Blocks(_) | Encoding::DequantizeBlocks(_) => {
+                self.begin_lora(name, &[shape[0], shape[1].saturating_mul(quant::BLOCK)])
+            }
+            _ if dtype == StorageDType::U8 => false,
+            _ => self.begin_lora(name, shape),
+        };
         if let Encoding::DequantizeBlocks(ty) = encoding {
-            return self.begin_dequantized_table(name, ty, shape);
+            let mut pending = self.begin_dequantized_table(name, ty, shape);
+            pending.lora_merge = lora_merge;
+            return pending;
         }
         if encoding != Encoding::Dense {
             // Quantised tensors are small enough to assemble whole (≤ 1/4 of their f32 size).
@@ -348,6 +412,8 @@ impl TensorStore {
                 shards: Vec::new(),
                 encoding,
                 quantized: None,
+                rows_done: 0,
+                lora_merge,
             };
         }
         let row_elems: usize = shape.iter().skip(1).product::<usize>().max(1);
@@ -369,6 +435,8 @@ impl TensorStore {
             shards: Vec::new(),
             encoding,
             quantized: None,
+            rows_done: 0,
+            lora_merge,
         }
     }
 
@@ -391,6 +459,8 @@ impl TensorStore {
             shards: Vec::new(),
             encoding: Encoding::DequantizeBlocks(ty),
             quantized: None,
+            rows_done: 0,
+            lora_merge: false,
         }
     }
 
@@ -444,7 +514,19 @@ impl TensorStore {
                 bytes.len()
             ));
         }
-        let tensor = quant::upload_blocks(bytes, ty, rows, row_len, &self.device);
+        let tensor = if self.begin_lora(name, &[rows, row_len]) {
+            let mut values = quant::dequantize_blocks(bytes, ty);
+            self.merge_lora(name, 0, row_len, &mut values);
+            quant::upload_blocks(
+                &quant::quantize_blocks(&values, ty),
+                ty,
+                rows,
+                row_len,
+                &self.device,
+            )
+        } else {
+            quant::upload_blocks(bytes, ty, rows, row_len, &self.device)
+        };
         self.tensors.insert(
             name.to_string(),
             StoredTensor {
@@ -478,23 +560,48 @@ impl TensorStore {
     fn upload_pending(&self, pending: &mut PendingTensor, bytes: Vec<u8>) {
         let rows = pending.shape[0];
         let row_len = pending.shape[1..].iter().product::<usize>();
-        match pending.encoding {
-            Encoding::Dense => pending
-                .shards
-                .push(self.upload(to_f32(&bytes, pending.dtype))),
+        // The shard's values with the LoRA merged, when one patches this tensor.
+        let merged = |values: Vec<f32>| {
+            let mut values = values;
+            if pending.lora_merge && row_len > 0 {
+                self.merge_lora(&pending.name, pending.rows_done, row_len, &mut values);
+            }
+            values
+        };
+        let shard_rows = match pending.encoding {
+            Encoding::Dense => {
+                let values = merged(to_f32(&bytes, pending.dtype));
+                let shard_rows = values.len() / row_len.max(1);
+                pending.shards.push(self.upload(values));
+                shard_rows
+            }
             Encoding::QuantizeTo(ty) => {
-                let blocks = quant::quantize_blocks(&to_f32(&bytes, pending.dtype), ty);
+                let blocks = quant::quantize_blocks(&merged(to_f32(&bytes, pending.dtype)), ty);
                 let tensor = quant::upload_blocks(&blocks, ty, rows, row_len, &self.device);
                 pending.quantized = Some((ty, tensor));
+                rows
+            }
+            Encoding::Blocks(ty) if pending.lora_merge => {
+                // Dequantise, merge, requantise to the same type.
+                let values = merged(quant::dequantize_blocks(&bytes, ty));
+                let blocks = quant::quantize_blocks(&values, ty);
+                let tensor = quant::upload_blocks(&blocks, ty, rows, row_len, &self.device);
+                pending.quantized = Some((ty, tensor));
+                rows
             }
             Encoding::Blocks(ty) => {
                 let tensor = quant::upload_blocks(&bytes, ty, rows, row_len, &self.device);
                 pending.quantized = Some((ty, tensor));
+                rows
             }
-            Encoding::DequantizeBlocks(ty) => pending
-                .shards
-                .push(self.upload(quant::dequantize_blocks(&bytes, ty))),
-        }
+            Encoding::DequantizeBlocks(ty) => {
+                let values = merged(quant::dequantize_blocks(&bytes, ty));
+                let shard_rows = values.len() / row_len.max(1);
+                pending.shards.push(self.upload(values));
+                shard_rows
+            }
+        };
+        pending.rows_done += shard_rows;
     }
 
     /// Stores a tensor whose bytes are all pushed (zero-element tensors need none).

@@ -22,6 +22,16 @@ pub trait TensorSink {
 
 impl TensorSink for TensorStore {
     type Pending = PendingTensor;
+    /// A LoRA that misfits the file's weights is refused before their bytes are read.
+    fn header(&mut self, entries: &[(Option<String>, TensorEntry)]) -> Result<(), WeightError> {
+        self.check_lora_shapes(entries.iter().filter_map(|(name, entry)| {
+            let shape = match (entry.quant, &entry.shape[..]) {
+                (Some(_), [rows, blocks, _]) => vec![*rows, blocks * super::quant::BLOCK],
+                _ => entry.shape.clone(),
+            };
+            Some((name.as_deref()?, shape))
+        }))
+    }
     fn begin(&mut self, name: &str, entry: &TensorEntry) -> PendingTensor {
         self.begin_tensor(name, entry.dtype, &entry.shape, entry.quant)
     }
