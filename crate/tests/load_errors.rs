@@ -31,8 +31,13 @@ fn config_keys_that_change_the_math_are_errors() {
         err.contains("center_input_sample = true is not supported"),
         "{err}"
     );
-    let err = parse_unet(&with_key("time_cond_proj_dim", 256.into())).unwrap_err();
-    assert!(err.contains("time_cond_proj_dim = 256"), "{err}");
+    let err = parse_unet(&with_key("time_embedding_dim", 256.into())).unwrap_err();
+    assert!(err.contains("time_embedding_dim = 256"), "{err}");
+    // An LCM-distilled UNet's guidance embedding is read (and must be a size).
+    let lcm = parse_unet(&with_key("time_cond_proj_dim", 256.into())).unwrap();
+    assert_eq!(lcm.time_cond_proj_dim, Some(256));
+    let err = parse_unet(&with_key("time_cond_proj_dim", "wide".into())).unwrap_err();
+    assert!(err.contains("time_cond_proj_dim"), "{err}");
     let err = parse_unet(&with_key("some_new_knob", 3.into())).unwrap_err();
     assert!(
         err.contains("unknown config key some_new_knob = 3"),
