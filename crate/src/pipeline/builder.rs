@@ -123,6 +123,17 @@ impl PipelineBuilder {
         self
     }
 
+    /// A LoRA merged at `weight` into the components begun after this call (the browser adds
+    /// them one by one; natively they come in [`LoadOptions::loras`]).
+    pub fn add_lora(&mut self, file: std::sync::Arc<crate::lora::LoraFile>, weight: f32) {
+        self.options.loras.push(file, weight);
+    }
+
+    /// The LoRAs the model loads with.
+    pub fn loras(&self) -> &LoraSet {
+        &self.options.loras
+    }
+
     pub fn set_tokenizer(&mut self, tokenizer: ClipTokenizer) {
         self.tokenizer = Some(tokenizer);
     }
@@ -191,7 +202,10 @@ impl PipelineBuilder {
         {
             store.set_quantization(policy.clone(), component.folder());
         }
-        if let Some(lora) = self.options.loras.for_component(component) {
+        if let Some(mut lora) = self.options.loras.for_component(component) {
+            if let ComponentConfig::Unet(unet) = &config {
+                lora.set_aliases(crate::weights::ldm_keys::unet_ldm_names(unet));
+            }
             store.set_lora(lora);
         }
         ComponentLoad { config, store }
