@@ -125,6 +125,22 @@ impl ModelLoader {
             .map_err(coded)
     }
 
+    /// A LoRA file's bytes (`name`: what prompt tags, `Lora hashes` and errors call it, e.g.
+    /// `style.safetensors`), merged at `weight` into the weights streamed in after this call:
+    /// add every LoRA before the first `beginWeights`.
+    #[wasm_bindgen(js_name = addLora)]
+    pub fn add_lora(&mut self, bytes: &[u8], name: &str, weight: f64) -> Result<(), CodedError> {
+        if self.in_flight.is_some() {
+            return Err(CodedError::invalid(
+                "addLora after beginWeights: add LoRAs first",
+            ));
+        }
+        let file = crate::lora::parse_lora(bytes, name).map_err(coded)?;
+        self.builder()?
+            .add_lora(std::sync::Arc::new(file), weight as f32);
+        Ok(())
+    }
+
     #[wasm_bindgen(js_name = setSchedulerConfig)]
     pub fn set_scheduler_config(&mut self, json: &str) -> Result<(), CodedError> {
         self.builder()?.set_scheduler_config(json).map_err(coded)
@@ -190,10 +206,12 @@ impl ModelLoader {
             .builder
             .take()
             .ok_or_else(|| CodedError::invalid("this loader was already built"))?;
+        let loras = builder.loras().clone();
         let sd = builder.build().map_err(coded)?;
         Ok(Generator {
             sd: Rc::new(sd),
             cancel: Rc::new(Cell::new(false)),
+            loras: Rc::new(loras),
         })
     }
 }
