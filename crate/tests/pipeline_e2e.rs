@@ -513,6 +513,16 @@ mod lora {
             err.contains("shape [33, 32]") && err.contains("has shape [32, 32]"),
             "{err}"
         );
+        // A LoRA patching only text_encoder_2 on SD 1: refused from model_index.json alone.
+        let mut te2_only = (*lora_file("sdxl_kohya.safetensors")).clone();
+        te2_only
+            .layers
+            .retain(|l| l.component == sdweb::pipeline::Component::TextEncoder2);
+        let err = error(te2_only);
+        assert!(
+            err.contains("patches text_encoder_2, which model sd1_tiny has not"),
+            "{err}"
+        );
         let err = error((*lora_file("sdxl_kohya.safetensors")).clone());
         eprintln!("SDXL LoRA on SD 1: {err}");
         assert!(

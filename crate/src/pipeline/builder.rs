@@ -134,6 +134,29 @@ impl PipelineBuilder {
         &self.options.loras
     }
 
+    /// Refuses LoRAs that patch a model part `components` lacks (an SDXL LoRA's text_encoder_2
+    /// layers on SD 1.x) before any weight is read ([`Self::build`] checks again).
+    pub fn check_lora_components(&self, components: &[Component]) -> Result<(), PipelineError> {
+        let misfit = self.options.loras.entries.iter().find_map(|entry| {
+            let layer = entry
+                .file
+                .layers
+                .iter()
+                .find(|l| !components.contains(&l.component))?;
+            Some((entry, layer))
+        });
+        match misfit {
+            Some((entry, layer)) => Err(PipelineError::Invalid(format!(
+                "LoRA {}: layer {} patches {}, which model {} has not: is the LoRA for another model architecture?",
+                entry.file.name,
+                layer.tensor,
+                layer.component.folder(),
+                self.name,
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn set_tokenizer(&mut self, tokenizer: ClipTokenizer) {
         self.tokenizer = Some(tokenizer);
     }

@@ -96,7 +96,11 @@ impl ModelLoader {
     pub fn set_model_index(&mut self, json: &str, source: &str) -> Result<(), CodedError> {
         let index =
             ModelIndex::parse(json, source).map_err(|m| CodedError::new("model-index", m))?;
-        self.builder()?.set_model_index(index);
+        let builder = self.builder()?;
+        builder
+            .check_lora_components(index.components())
+            .map_err(coded)?;
+        builder.set_model_index(index);
         Ok(())
     }
 
