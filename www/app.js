@@ -48,6 +48,8 @@ const initImage = createInitImage({
 }, {
   info: () => picker.generator?.info ?? null,
   showError: errors.show, clearError: errors.clear, errorShows: errors.shows,
+  // A LoRA dropped on the page joins the model (which reloads with it).
+  onLora: (file) => picker.addLora(file),
 });
 
 const gallery = createGallery({

@@ -83,6 +83,23 @@ function toError(e) {
   return error;
 }
 
+/**
+ * `createGenerator`'s `loras` as the worker takes them: absolute URLs, a name and a weight each.
+ * @param {LoraOption[]} loras
+ */
+function loraRequests(loras) {
+  if (!Array.isArray(loras)) throw new Error('createGenerator: `loras` must be an array of { url | file, weight }');
+  return loras.map(({ url, file, weight = 1, name }, i) => {
+    if (!url === !file) throw new Error(`createGenerator: loras[${i}] needs exactly one of \`url\` and \`file\``);
+    if (!Number.isFinite(Number(weight))) throw new Error(`createGenerator: loras[${i}].weight ${weight} is not a number`);
+    const href = url ? new URL(String(url), globalThis.document?.baseURI ?? globalThis.location?.href).href : undefined;
+    const fileName = file instanceof File ? file.name : undefined;
+    const base = name ?? fileName ?? decodeURIComponent(href?.split('/').pop() ?? '') ?? '';
+    if (!base) throw new Error(`createGenerator: loras[${i}] needs a \`name\` (a Blob has none)`);
+    return { url: href, file, weight: Number(weight), name: /\.safetensors$/.test(base) ? base : `${base}.safetensors` };
+  });
+}
+
 /** A revision pinned in a Hub URL (`.../resolve/<rev>`) keys the cache; else 'main'. */
 function revisionOf(model) {
   return /\/resolve\/([^/]+)\/?$/.exec(model)?.[1] ?? 'main';
@@ -99,6 +116,14 @@ function revisionOf(model) {
  * @property {string} [revision]
  * @property {string} [taesd] base URL of a TAESD repository
  * @property {boolean} [portable]
+ * @property {LoraOption[]} [loras] LoRAs merged into the weights as they load (several add up)
+ *
+ * @typedef {object} LoraOption a LoRA `.safetensors` file (kohya/A1111 or diffusers/PEFT names)
+ * @property {string} [url] where to download it (cached in IndexedDB like weights)
+ * @property {Blob} [file] or the file itself (e.g. one dropped on the page)
+ * @property {number} [weight] default 1
+ * @property {string} [name] what `<lora:NAME:WEIGHT>` prompt tags and `Lora hashes` call it
+ *   (its stem); default: the URL's or file's name
  *
  * @typedef {{ type: 'download' | 'quantize', file: string, loaded: number, total: number }
  *   | { type: 'load', file: string, index: number, count: number, loaded: number, total: number }
@@ -181,7 +206,7 @@ function revisionOf(model) {
  * @param {GeneratorOptions} options
  * @returns {Promise<Generator>}
  */
-export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', quantize, kernels, revision, taesd, portable = false } = /** @type {GeneratorOptions} */ ({})) {
+export async function createGenerator({ model, onProgress = () => {}, precision = 'auto', quantize, kernels, revision, taesd, portable = false, loras = [] } = /** @type {GeneratorOptions} */ ({})) {
   if (!model) throw new Error('createGenerator: `model` (the base URL of a diffusers repository) is required');
   const gpu = await checkWebGPU();
   if (!gpu.ok) throw new Error(gpu.reason);
@@ -190,7 +215,7 @@ export async function createGenerator({ model, onProgress = () => {}, precision 
   globalThis.navigator?.storage?.persist?.().catch(() => {});
 
   const taesdUrl = taesd ? new URL(String(taesd).replace(/\/+$/, ''), globalThis.document?.baseURI ?? globalThis.location?.href).href : undefined;
-  const loadRequest = { op: 'load', model: base, revision: revision ?? revisionOf(base), precision, quantize, kernels, taesd: taesdUrl, portable };
+  const loadRequest = { op: 'load', model: base, revision: revision ?? revisionOf(base), precision, quantize, kernels, taesd: taesdUrl, portable, loras: loraRequests(loras) };
   let session = await openSession(loadRequest, onProgress);
   const info = { ...session.info, model: base, schedulers: SCHEDULERS };
   let busy = false;

@@ -257,7 +257,25 @@ async function checkSpaceFor(cache, plan, name, quantize) {
   await cache.checkSpace(peakStorage(plan), name, detail);
 }
 
-async function load({ model, revision, precision, quantize, kernels, taesd, portable }, progress) {
+// The cache's model name for LoRA files fetched by URL (they belong to no one model).
+const LORA_CACHE_MODEL = 'sdweb-loras';
+
+// Each LoRA's bytes into the loader (merged into the weights as they stream in): a URL through
+// the cache (downloaded once), a file (dropped on the page) as given.
+async function addLoras(loader, cache, loras, progress) {
+  for (const { url, file, weight, name } of loras ?? []) {
+    let bytes;
+    if (url) {
+      await cache.ensure(url, { model: LORA_CACHE_MODEL, onProgress: (loaded, total) => progress({ type: 'download', file: name, loaded, total }) });
+      bytes = await cache.bytes(url);
+    } else {
+      bytes = new Uint8Array(await file.arrayBuffer());
+    }
+    loader.addLora(bytes, name, weight);
+  }
+}
+
+async function load({ model, revision, precision, quantize, kernels, taesd, portable, loras }, progress) {
   if (generator) { generator.free(); generator = null; }
   hiddenFeatures = new Set(portable ? ['subgroups', 'shader-f16'] : []);
   const cache = await ModelCache.open();
@@ -294,6 +312,7 @@ async function load({ model, revision, precision, quantize, kernels, taesd, port
 
   const loader = await ModelLoader.create(base.split('/').filter(Boolean).pop() ?? base, { precision, quantize, kernels });
   try {
+    await addLoras(loader, cache, loras, progress);
     const bytes = async (path) => (path ? cache.bytes(url(path), revision) : undefined);
     loader.setModelIndex(modelIndex, `${base}/${plan.layout.modelIndex}`);
     for (const [folder, files] of Object.entries(plan.tokenizers)) {

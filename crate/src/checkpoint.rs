@@ -159,6 +159,8 @@ pub fn load_single_file_with_report(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| file.clone());
     let mut builder = PipelineBuilder::new(name, device, dtype).with_options(options);
+    let parts: Vec<Component> = base.configs().iter().map(|c| c.component()).collect();
+    builder.check_lora_components(&parts)?;
     let mut reader =
         BufReader::new(std::fs::File::open(path).map_err(|e| WeightError::io(&file, e))?);
     let stores = read_single_file(&mut reader, &file, &base, &builder)?;

@@ -416,7 +416,6 @@ struct LoraChoice {
     /// The prompt without its tags (what the text encoder reads).
     prompt: String,
     tags: Vec<sdweb::lora::prompt_tags::LoraTag>,
-    chosen: Vec<LoraRequest>,
     set: sdweb::lora::LoraSet,
 }
 
@@ -429,20 +428,14 @@ impl LoraChoice {
             let file = sdweb::lora::LoraFile::read(&lora.path)?;
             set.push(std::sync::Arc::new(file), lora.weight);
         }
-        Ok(Self {
-            prompt,
-            tags,
-            chosen,
-            set,
-        })
+        Ok(Self { prompt, tags, set })
     }
 
     /// The parameters text as A1111 writes it: the prompt with its tags (one added for each
     /// --lora no tag names) and `Lora hashes`.
     fn record(&self, params: &mut GenerationParams, original_prompt: &str) {
         if let Some(field) = self.set.a1111_hashes() {
-            params.prompt =
-                sdweb::lora::select::prompt_with_tags(original_prompt, &self.chosen, &self.tags);
+            params.prompt = self.set.prompt_with_tags(original_prompt, &self.tags);
             params.extra.push(field);
         }
     }

@@ -133,7 +133,8 @@ impl ModelIndex {
         })
     }
 
-    /// Reads `dir`'s model_index.json (native folders).
+    /// Reads `dir`'s model_index.json (native folders; `BaseFolder::read` calls it on every
+    /// target, so it is not cfg'd away from wasm, where it just fails).
     pub fn read(dir: &std::path::Path) -> Result<Self, String> {
         let path = dir.join(crate::layout::MODEL_INDEX);
         let text = std::fs::read_to_string(&path).map_err(|e| {

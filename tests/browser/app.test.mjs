@@ -42,7 +42,7 @@ before(async () => {
     const file = path.join(dir, 'vae/diffusion_pytorch_model.safetensors');
     truncateSync(file, Math.floor(readFileSync(file).length / 2));
   });
-  server = await startServer({ port: 0, testHooks: true, mounts: { '/bad/truncated': truncated, '/taesd': path.join(ROOT, 'tests/fixtures/taesd_tiny'), '/sdxl': path.join(ROOT, 'tests/fixtures/sdxl_tiny') } });
+  server = await startServer({ port: 0, testHooks: true, mounts: { '/bad/truncated': truncated, '/taesd': path.join(ROOT, 'tests/fixtures/taesd_tiny'), '/sdxl': path.join(ROOT, 'tests/fixtures/sdxl_tiny'), '/lora': path.join(ROOT, 'tests/fixtures/lora') } });
   browser = await launch();
   context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   page = await context.newPage();
@@ -143,6 +143,52 @@ test('the page generates with the bundled model on an adapter without subgroups 
   console.log(`adapter features the generator saw: ${info.adapterFeatures.join(', ')}; f16 compute: ${info.f16}`);
   assert.ok(!info.adapterFeatures.includes('subgroups') && !info.adapterFeatures.includes('shader-f16'), JSON.stringify(info.adapterFeatures));
   assert.equal(info.f16, false);
+});
+
+// LoRAs through the JS API: one by URL (cached like weights), one as a file (as dropped on the
+// page), merged at load; a prompt tag names one of them. The CLI with the same two --lora files
+// and the same prompt gives the same image, and both record them as A1111 does.
+test('LoRAs given to createGenerator (a URL and a file) give the CLI --lora image and record Lora hashes', { timeout: 10 * MINUTES }, async () => {
+  const lora = { ...PARAMS, prompt: `${PARAMS.prompt} <lora:sd1_peft:0.6>` };
+  const peft = readFileSync(path.join(ROOT, 'tests/fixtures/lora/sd1_peft.safetensors')).toString('base64');
+  // Any document of the server will do (after the first test, the app page).
+  if (!page.url().startsWith(server.url)) await page.goto(`${server.url}manifest.webmanifest`);
+  const { png, parameters } = await page.evaluate(async ([params, peftBase64]) => {
+    const { createGenerator } = await import('/sdweb.js');
+    const file = new File([Uint8Array.from(atob(peftBase64), (c) => c.charCodeAt(0))], 'sd1_peft.safetensors');
+    const gen = await createGenerator({
+      model: '/models/demo', portable: true,
+      loras: [{ url: '/lora/sd1_kohya_locon.safetensors', weight: 0.8 }, { file, weight: 0.6 }],
+    });
+    try {
+      const out = await gen.generate(params);
+      const bytes = new Uint8Array(await out.png.arrayBuffer());
+      let s = '';
+      for (const b of bytes) s += String.fromCharCode(b);
+      return { png: btoa(s), parameters: out.parameters };
+    } finally {
+      gen.dispose();
+    }
+  }, [lora, peft]);
+  const nativePath = path.join(scratch, 'native-lora.png');
+  const fixtureLora = (name) => path.join(ROOT, 'tests/fixtures/lora', name);
+  execFileSync(sdwebBin(), ['generate', '--model', FIXTURE, '--prompt', lora.prompt, '--negative-prompt', lora.negativePrompt,
+    '--steps', String(lora.steps), '--guidance', String(lora.guidance), '--scheduler', lora.scheduler,
+    '--width', String(lora.width), '--height', String(lora.height), '--seed', String(lora.seed), '--precision', 'f32',
+    '--lora', `${fixtureLora('sd1_kohya_locon.safetensors')}:0.8`, '--lora', fixtureLora('sd1_peft.safetensors'),
+    '--output', nativePath], { stdio: 'inherit' });
+  const native = readFileSync(nativePath);
+  const diff = await maxPixelDiff(png, native.toString('base64'));
+  console.log(`LoRA browser vs native sdweb generate --lora: max ${diff.max}/255, mean ${diff.mean?.toFixed(4)}/255`);
+  assert.ok(diff.max <= 3, `the browser's LoRA image differs from the CLI's by up to ${diff.max}/255 (limit 3): ${JSON.stringify(diff)}`);
+  // The page made the image of the same request without LoRAs (the tag is no text the encoder
+  // reads): the LoRAs took effect.
+  if (browserPng) assert.ok((await maxPixelDiff(png, browserPng)).max > 3, 'the LoRA image equals the image without LoRAs');
+  const ours = a1111Parameters(parameters);
+  assert.equal(ours['Lora hashes'], 'sd1_kohya_locon: 0806055fda62, sd1_peft: 630757e50d77');
+  assert.equal(ours.prompt, `${lora.prompt} <lora:sd1_kohya_locon:0.8>`);
+  const cli = a1111Parameters(pngTextChunks(native).parameters);
+  assert.deepEqual([cli.prompt, cli['Lora hashes']], [ours.prompt, ours['Lora hashes']]);
 });
 
 test('progress events arrive in order; abort stops within one step and the generator stays usable', { timeout: 10 * MINUTES }, async () => {
@@ -481,6 +527,24 @@ test('offline with q8_0 weights: the page quantises the cached model in wasm, ge
     return events;
   }, cached.base);
   assert.ok(!reload.includes('quantize') && !reload.includes('download'), `second load events: ${reload}`);
+});
+
+// A LoRA file dropped on the page joins the model, which reloads with it (from the cache: this
+// runs offline, after the test above).
+test('a LoRA file dropped on the page reloads the model with it', { timeout: 5 * MINUTES }, async () => {
+  const kohya = readFileSync(path.join(ROOT, 'tests/fixtures/lora/sd1_kohya_locon.safetensors')).toString('base64');
+  if (!(await page.evaluate(() => Boolean(window.sdwebApp?.generator)).catch(() => false))) {
+    await page.goto(server.url);   // run on its own: the app with the demo model
+    await page.evaluate(() => window.sdwebApp.ready);
+  }
+  await page.evaluate((b64) => {
+    /** @type {any} */ (window).generatorBeforeDrop = window.sdwebApp.generator;
+    const data = new DataTransfer();
+    data.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], 'sd1_kohya_locon.safetensors'));
+    document.body.dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+  }, kohya);
+  await page.waitForFunction(() => document.getElementById('phase').textContent.includes('LoRA <lora:sd1_kohya_locon:1>'), null, { timeout: 4 * MINUTES, polling: 500 });
+  assert.ok(await page.evaluate(() => window.sdwebApp.generator && window.sdwebApp.generator !== window.generatorBeforeDrop));
 });
 
 test('the widget generates on a third-party page (another origin) without CSS leaking', { timeout: 15 * MINUTES }, async () => {

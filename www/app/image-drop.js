@@ -9,6 +9,10 @@ function imageFileOf(dt) {
   }
   return [...(dt?.files || [])].find((f) => f.type.startsWith('image/')) || null;
 }
+/** A dropped LoRA (`.safetensors`), or null. @param {DataTransfer | null} dt */
+function loraFileOf(dt) {
+  return [...(dt?.files || [])].find((f) => /\.safetensors$/i.test(f.name)) || null;
+}
 const hasFiles = (e) => [...(e.dataTransfer?.types || [])].includes('Files');
 // An image dragged from this page (the result, a gallery thumbnail) comes as a URL, not a file.
 const hasUrl = (e) => [...(e.dataTransfer?.types || [])].includes('text/uri-list');
@@ -36,8 +40,9 @@ async function imageAt(url) {
  * @param {object} handlers
  * @param {(image: Blob, name?: string) => void} handlers.onImage
  * @param {(message: string) => void} handlers.onError
+ * @param {(file: File) => void} [handlers.onLora] a dropped `.safetensors` file (a LoRA)
  */
-export function listenForImages(zone, { onImage, onError }) {
+export function listenForImages(zone, { onImage, onError, onLora }) {
   let dragDepth = 0;   // dragenter minus dragleave over the page's elements: 0 once the drag has left
 
   window.addEventListener('dragenter', (e) => {
@@ -66,6 +71,8 @@ export function listenForImages(zone, { onImage, onError }) {
     e.preventDefault();
     dragDepth = 0;
     zone.classList.remove('page-drag', 'dragover');
+    const lora = onLora && loraFileOf(e.dataTransfer);
+    if (lora) { onLora(lora); return; }
     const file = imageFileOf(e.dataTransfer);
     if (file) { onImage(file); return; }
     // Read now: the drop's data is gone once this handler yields.

@@ -32,6 +32,7 @@ const INPAINT_HINT = 'Inpainting usually wants 1: the painted area is redrawn fr
  * @property {(err: unknown) => void} showError
  * @property {() => void} clearError
  * @property {(msg: string) => boolean} errorShows
+ * @property {(file: File) => void} [onLora] a `.safetensors` file dropped on the page
  */
 
 /**
@@ -154,7 +155,7 @@ export function createInitImage(el, deps) {
     if (/** @type {Element} */ (e.target).closest('button, label, input, a')) return;
     el.file.click();
   });
-  listenForImages(el.drop, { onImage: set, onError: deps.showError });
+  listenForImages(el.drop, { onImage: set, onError: deps.showError, onLora: deps.onLora });
   renderStrength();
 
   return {

@@ -41,6 +41,8 @@ export function createModelPicker(el, deps) {
   let persistAsked = false;
   /** @type {{ model: string }[]} */
   let cached = [];         // the last listCachedModels() result
+  /** @type {import('../sdweb.js').LoraOption[]} */
+  const loras = [];        // LoRAs dropped on the page: merged into the model as it loads
   // `ready` first settles with the first model load (resolves with gen.info); each later load
   // replaces it with its own promise.
   let first;
@@ -141,6 +143,7 @@ export function createModelPicker(el, deps) {
       quantize: selectedQuantize(),
       // ?portable: neither subgroups nor shader-f16, as Safari and Firefox offer (see sdweb.js).
       portable: query.has('portable'),
+      loras,
     }).then((g) => loaded(m, token, g), (err) => failed(m, token, err));
     p.catch(() => {});
     if (loadToken > 1) ready = p;   // the first load settles the initial promise instead
@@ -151,7 +154,8 @@ export function createModelPicker(el, deps) {
     if (token !== loadToken) { g.dispose(); throw new Error('superseded by another model'); }
     gen = g;
     deps.applyInfo(g.info);
-    deps.setPhase(`${m.name} ready · native ${g.info.width}×${g.info.height} · ${g.info.f16 ? 'f16' : 'f32'} compute · ${el.weights.value} weights`, 1);
+    const loraNote = loras.length ? ` · LoRA ${loras.map((l) => `<lora:${l.name.replace(/\.safetensors$/, '')}:${l.weight}>`).join(' ')}` : '';
+    deps.setPhase(`${m.name} ready · native ${g.info.width}×${g.info.height} · ${g.info.f16 ? 'f16' : 'f32'} compute · ${el.weights.value} weights${loraNote}`, 1);
     deps.onChange();
     deps.refreshCached();
     first.resolve(g.info);
@@ -204,6 +208,17 @@ export function createModelPicker(el, deps) {
     setCached(list) { cached = list; renderModelOptions(); renderModelNote(); },
     /** The known model's name for a URL, else the URL. @param {string} url */
     nameOf: (url) => MODELS.find((m) => sameUrl(m.url, url))?.name ?? url,
+    /**
+     * Adds a LoRA (weight 1; a file of the same name replaces the earlier one) and reloads the
+     * model with it: LoRAs are merged into the weights as they load.
+     * @param {File} file
+     */
+    addLora(file) {
+      const at = loras.findIndex((l) => l.name === file.name);
+      if (at >= 0) loras.splice(at, 1);
+      loras.push({ file, weight: 1, name: file.name });
+      if (gpuOk && gen) loadModel(selectedModel());
+    },
     /** The model can't change during a generation. @param {boolean} busy */
     setLocked(busy) { el.model.disabled = !gpuOk || busy; },
     /** Loads the picked model, once WebGPU has been checked. @param {{ ok: boolean, reason?: string }} gpu */

@@ -20,6 +20,14 @@ export function deleteCachedModel(model: any): Promise<void>;
  * @property {string} [revision]
  * @property {string} [taesd] base URL of a TAESD repository
  * @property {boolean} [portable]
+ * @property {LoraOption[]} [loras] LoRAs merged into the weights as they load (several add up)
+ *
+ * @typedef {object} LoraOption a LoRA `.safetensors` file (kohya/A1111 or diffusers/PEFT names)
+ * @property {string} [url] where to download it (cached in IndexedDB like weights)
+ * @property {Blob} [file] or the file itself (e.g. one dropped on the page)
+ * @property {number} [weight] default 1
+ * @property {string} [name] what `<lora:NAME:WEIGHT>` prompt tags and `Lora hashes` call it
+ *   (its stem); default: the URL's or file's name
  *
  * @typedef {{ type: 'download' | 'quantize', file: string, loaded: number, total: number }
  *   | { type: 'load', file: string, index: number, count: number, loaded: number, total: number }
@@ -101,7 +109,7 @@ export function deleteCachedModel(model: any): Promise<void>;
  * @param {GeneratorOptions} options
  * @returns {Promise<Generator>}
  */
-export function createGenerator({ model, onProgress, precision, quantize, kernels, revision, taesd, portable }?: GeneratorOptions): Promise<Generator>;
+export function createGenerator({ model, onProgress, precision, quantize, kernels, revision, taesd, portable, loras }?: GeneratorOptions): Promise<Generator>;
 export const SCHEDULERS: string[];
 export const MODELS: ({
     id: string;
@@ -169,6 +177,32 @@ export type GeneratorOptions = {
      */
     taesd?: string;
     portable?: boolean;
+    /**
+     * LoRAs merged into the weights as they load (several add up)
+     */
+    loras?: LoraOption[];
+};
+/**
+ * a LoRA `.safetensors` file (kohya/A1111 or diffusers/PEFT names)
+ */
+export type LoraOption = {
+    /**
+     * where to download it (cached in IndexedDB like weights)
+     */
+    url?: string;
+    /**
+     * or the file itself (e.g. one dropped on the page)
+     */
+    file?: Blob;
+    /**
+     * default 1
+     */
+    weight?: number;
+    /**
+     * what `<lora:NAME:WEIGHT>` prompt tags and `Lora hashes` call it
+     * (its stem); default: the URL's or file's name
+     */
+    name?: string;
 };
 export type ProgressEvent = {
     type: "download" | "quantize";

@@ -1,7 +1,7 @@
 //! One model part's LoRA layers, matched to its weights by name and merged into them.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{LoraLayer, module_key};
@@ -59,6 +59,9 @@ struct Progress {
 pub struct ComponentLora {
     component: Component,
     targets: BTreeMap<String, Vec<Factor>>,
+    /// A second key per model weight name (the UNet's LDM/SGM names, which kohya's SDXL
+    /// LoRAs use), tried when its diffusers key patches nothing.
+    aliases: HashMap<String, String>,
     progress: RefCell<Progress>,
 }
 
@@ -67,6 +70,7 @@ impl ComponentLora {
         Self {
             component,
             targets: BTreeMap::new(),
+            aliases: HashMap::new(),
             progress: RefCell::default(),
         }
     }
@@ -91,12 +95,31 @@ impl ComponentLora {
         self.targets.is_empty()
     }
 
+    /// Also match layers by other names of the model's weights: `(weight name, other path)`,
+    /// e.g. [`crate::weights::ldm_keys::unet_ldm_names`].
+    pub fn set_aliases(&mut self, names: impl IntoIterator<Item = (String, String)>) {
+        self.aliases = names
+            .into_iter()
+            .filter_map(|(name, other)| {
+                let path = other.strip_suffix(".weight")?;
+                let key = module_key(self.component, path);
+                self.targets.contains_key(&key).then_some((name, key))
+            })
+            .collect();
+    }
+
+    /// The key of the layers patching the model tensor `name` (a `.weight`).
+    fn target_key(&self, name: &str) -> Option<String> {
+        let key = module_key(self.component, name.strip_suffix(".weight")?);
+        if self.targets.contains_key(&key) {
+            return Some(key);
+        }
+        self.aliases.get(name).cloned()
+    }
+
     /// The layers patching the model tensor `name` (a `.weight`), None when none does.
     pub fn factors(&self, name: &str) -> Option<&[Factor]> {
-        let path = name.strip_suffix(".weight")?;
-        self.targets
-            .get(&module_key(self.component, path))
-            .map(Vec::as_slice)
+        self.targets.get(&self.target_key(name)?).map(Vec::as_slice)
     }
 
     /// Checks that the layers patching `name` fit its (logical) `shape`; Err names both.
@@ -125,9 +148,7 @@ impl ComponentLora {
             progress.mismatch.get_or_insert(why);
             return None;
         }
-        progress
-            .applied
-            .insert(module_key(self.component, &name[..name.len() - 7]));
+        progress.applied.extend(self.target_key(name));
         Some(factors)
     }
 

@@ -1,5 +1,7 @@
 //! LoRA: low-rank weight updates from `.safetensors` files, merged into the model's weights
-//! as they load.
+//! as they load. Layers are matched to the model's weight names (kohya's flattened names and
+//! diffusers' paths alike, see [`module_key`]), and for the UNet also to its LDM/SGM names,
+//! which kohya's SDXL LoRAs use.
 //!
 //! **Merge at load, not a side path.** Each targeted weight becomes W' = W + Σ s·(up @ down)
 //! (s = user weight × alpha / rank) on the CPU, in f32, as its bytes enter the
@@ -134,6 +136,48 @@ impl LoraSet {
         (!hashes.is_empty()).then(|| ("Lora hashes".to_string(), hashes.join(", ")))
     }
 
+    /// The prompt as A1111 records it: `prompt` (its tags kept) with a `<lora:NAME:WEIGHT>` tag
+    /// for each LoRA no tag names, so A1111 reading the parameters loads the same LoRAs.
+    pub fn prompt_with_tags(&self, prompt: &str, tags: &[prompt_tags::LoraTag]) -> String {
+        let mut text = prompt.to_string();
+        for entry in &self.entries {
+            let stem = entry.file.stem();
+            if !tags.iter().any(|t| t.name == stem) {
+                text.push_str(&format!(" <lora:{stem}:{}>", entry.weight));
+            }
+        }
+        text
+    }
+
+    /// Prompt tags for a model whose LoRAs are already merged (the browser's generator): each
+    /// must name one of them at its loaded weight; Err says which are loaded.
+    pub fn check_tags(&self, tags: &[prompt_tags::LoraTag]) -> Result<(), String> {
+        for tag in tags {
+            match self.entries.iter().find(|e| e.file.stem() == tag.name) {
+                Some(e) if e.weight == tag.weight => {}
+                Some(e) => {
+                    return Err(format!(
+                        "<lora:{}:{}>: this LoRA was loaded at weight {} (LoRAs are merged into the weights at load: create the generator with the new weight)",
+                        tag.name, tag.weight, e.weight
+                    ));
+                }
+                None => {
+                    let loaded: Vec<&str> = self.entries.iter().map(|e| e.file.stem()).collect();
+                    return Err(format!(
+                        "<lora:{}>: no such LoRA is loaded (loaded: {}; add it with createGenerator({{ loras }}))",
+                        tag.name,
+                        if loaded.is_empty() {
+                            "none".to_string()
+                        } else {
+                            loaded.join(", ")
+                        }
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The layers that patch `component`, ready for its store (None: no layer does).
     pub fn for_component(&self, component: Component) -> Option<ComponentLora> {
         let mut lora = ComponentLora::new(component);
@@ -162,5 +206,62 @@ pub fn module_key(component: Component, path: &str) -> String {
             .map(str::to_string)
             .unwrap_or(key),
         _ => key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prompt_tags::LoraTag;
+    use super::*;
+
+    fn set() -> LoraSet {
+        let mut set = LoraSet::default();
+        for (name, hash, weight) in [
+            ("a/film:grain.safetensors", "0806055fda62", 0.7),
+            ("ink.safetensors", "630757e50d77", 1.0),
+        ] {
+            let file = LoraFile {
+                name: name.into(),
+                short_hash: hash.into(),
+                layers: Vec::new(),
+            };
+            set.push(Arc::new(file), weight);
+        }
+        set
+    }
+
+    fn tag(name: &str, weight: f32) -> LoraTag {
+        LoraTag {
+            name: name.into(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn parameters_record_loras_as_a1111_does() {
+        let set = set();
+        assert_eq!(
+            set.a1111_hashes().unwrap(),
+            (
+                "Lora hashes".to_string(),
+                "filmgrain: 0806055fda62, ink: 630757e50d77".to_string()
+            )
+        );
+        assert_eq!(
+            set.prompt_with_tags("a cat <lora:ink:1>", &[tag("ink", 1.0)]),
+            "a cat <lora:ink:1> <lora:film:grain:0.7>"
+        );
+        assert_eq!(LoraSet::default().a1111_hashes(), None);
+    }
+
+    #[test]
+    fn tags_on_merged_loras_must_match_name_and_weight() {
+        let set = set();
+        set.check_tags(&[tag("ink", 1.0), tag("film:grain", 0.7)])
+            .unwrap();
+        let err = set.check_tags(&[tag("ink", 0.5)]).unwrap_err();
+        assert!(err.contains("loaded at weight 1"), "{err}");
+        let err = set.check_tags(&[tag("inc", 1.0)]).unwrap_err();
+        assert!(err.contains("loaded: film:grain, ink"), "{err}");
     }
 }

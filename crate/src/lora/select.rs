@@ -93,19 +93,6 @@ fn available(explicit: &[LoraRequest], dir: Option<&Path>) -> String {
     }
 }
 
-/// The prompt as A1111 records it: `prompt` (tags kept) with a `<lora:NAME:WEIGHT>` tag for
-/// each LoRA that no tag named, so A1111 reading the parameters loads the same LoRAs.
-pub fn prompt_with_tags(prompt: &str, loaded: &[LoraRequest], tags: &[LoraTag]) -> String {
-    let mut text = prompt.to_string();
-    for lora in loaded {
-        let stem = lora.stem();
-        if !tags.iter().any(|t| t.name == stem) {
-            text.push_str(&format!(" <lora:{stem}:{}>", lora.weight));
-        }
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,9 +154,5 @@ mod tests {
                 .contains("give --lora FILE or --lora-dir DIR")
         );
         std::fs::remove_dir_all(&dir).ok();
-        assert_eq!(
-            prompt_with_tags("a cat <lora:ink:1.2>", &got, &[tag("ink", 1.2)]),
-            "a cat <lora:ink:1.2> <lora:film:0.7>"
-        );
     }
 }

@@ -123,6 +123,40 @@ impl PipelineBuilder {
         self
     }
 
+    /// A LoRA merged at `weight` into the components begun after this call (the browser adds
+    /// them one by one; natively they come in [`LoadOptions::loras`]).
+    pub fn add_lora(&mut self, file: std::sync::Arc<crate::lora::LoraFile>, weight: f32) {
+        self.options.loras.push(file, weight);
+    }
+
+    /// The LoRAs the model loads with.
+    pub fn loras(&self) -> &LoraSet {
+        &self.options.loras
+    }
+
+    /// Refuses LoRAs that patch a model part `components` lacks (an SDXL LoRA's text_encoder_2
+    /// layers on SD 1.x) before any weight is read ([`Self::build`] checks again).
+    pub fn check_lora_components(&self, components: &[Component]) -> Result<(), PipelineError> {
+        let misfit = self.options.loras.entries.iter().find_map(|entry| {
+            let layer = entry
+                .file
+                .layers
+                .iter()
+                .find(|l| !components.contains(&l.component))?;
+            Some((entry, layer))
+        });
+        match misfit {
+            Some((entry, layer)) => Err(PipelineError::Invalid(format!(
+                "LoRA {}: layer {} patches {}, which model {} has not: is the LoRA for another model architecture?",
+                entry.file.name,
+                layer.tensor,
+                layer.component.folder(),
+                self.name,
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn set_tokenizer(&mut self, tokenizer: ClipTokenizer) {
         self.tokenizer = Some(tokenizer);
     }
@@ -191,7 +225,10 @@ impl PipelineBuilder {
         {
             store.set_quantization(policy.clone(), component.folder());
         }
-        if let Some(lora) = self.options.loras.for_component(component) {
+        if let Some(mut lora) = self.options.loras.for_component(component) {
+            if let ComponentConfig::Unet(unet) = &config {
+                lora.set_aliases(crate::weights::ldm_keys::unet_ldm_names(unet));
+            }
             store.set_lora(lora);
         }
         ComponentLoad { config, store }

@@ -40,6 +40,7 @@ impl StableDiffusion {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
         let mut builder = PipelineBuilder::new(name, device, dtype).with_options(options);
+        builder.check_lora_components(index.components())?;
         for folder in index.tokenizer_folders() {
             builder.set_tokenizer_of(folder, ClipTokenizer::from_dir(&dir.join(folder))?)?;
         }

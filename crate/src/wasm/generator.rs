@@ -27,6 +27,8 @@ impl Clock for DateClock {
 pub struct Generator {
     pub(super) sd: Rc<StableDiffusion>,
     pub(super) cancel: Rc<Cell<bool>>,
+    /// The LoRAs merged at load: prompt tags must name them; the parameters text records them.
+    pub(super) loras: Rc<crate::lora::LoraSet>,
 }
 
 #[wasm_bindgen]
@@ -75,10 +77,11 @@ impl Generator {
     ) -> js_sys::Promise {
         let sd = self.sd.clone();
         let cancel = self.cancel.clone();
+        let loras = self.loras.clone();
         cancel.set(false);
         wasm_bindgen_futures::future_to_promise(async move {
             let request = parse_request(options, init_rgba.as_deref(), mask_rgba.as_deref())?;
-            run_generate(&sd, request, &on_progress, &cancel)
+            run_generate(&sd, &loras, request, &on_progress, &cancel)
                 .await
                 .map_err(JsValue::from)
         })
@@ -87,15 +90,26 @@ impl Generator {
 
 async fn run_generate(
     sd: &StableDiffusion,
-    request: GenerateRequest,
+    loras: &crate::lora::LoraSet,
+    mut request: GenerateRequest,
     on_progress: &js_sys::Function,
     cancel: &Cell<bool>,
 ) -> Result<JsValue, CodedError> {
+    // `<lora:NAME:WEIGHT>` tags name LoRAs merged at load; the text encoder reads the prompt
+    // without them, the parameters text keeps them (as the CLI's does).
+    let (prompt, tags) =
+        crate::lora::prompt_tags::take_lora_tags(&request.prompt).map_err(CodedError::invalid)?;
+    loras.check_tags(&tags).map_err(CodedError::invalid)?;
+    let written_prompt = std::mem::replace(&mut request.prompt, prompt);
     let mut progress = |p: Progress| emit_progress(on_progress, p);
     let out = sd
         .generate_cancellable(&request, &DateClock, &mut progress, &|| cancel.get())
         .await?;
-    let params = request.a1111_parameters(out.scheduler, sd.name(), None);
+    let mut params = request.a1111_parameters(out.scheduler, sd.name(), None);
+    if let Some(field) = loras.a1111_hashes() {
+        params.prompt = loras.prompt_with_tags(&written_prompt, &tags);
+        params.extra.push(field);
+    }
     let png =
         encode_png(&out.rgb, out.width as u32, out.height as u32, &params).map_err(internal)?;
     // What the result is, so the page never re-derives it from the parameters text.

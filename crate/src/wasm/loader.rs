@@ -96,7 +96,11 @@ impl ModelLoader {
     pub fn set_model_index(&mut self, json: &str, source: &str) -> Result<(), CodedError> {
         let index =
             ModelIndex::parse(json, source).map_err(|m| CodedError::new("model-index", m))?;
-        self.builder()?.set_model_index(index);
+        let builder = self.builder()?;
+        builder
+            .check_lora_components(index.components())
+            .map_err(coded)?;
+        builder.set_model_index(index);
         Ok(())
     }
 
@@ -123,6 +127,22 @@ impl ModelLoader {
         self.builder()?
             .set_tokenizer_of(folder, tokenizer)
             .map_err(coded)
+    }
+
+    /// A LoRA file's bytes (`name`: what prompt tags, `Lora hashes` and errors call it, e.g.
+    /// `style.safetensors`), merged at `weight` into the weights streamed in after this call:
+    /// add every LoRA before the first `beginWeights`.
+    #[wasm_bindgen(js_name = addLora)]
+    pub fn add_lora(&mut self, bytes: &[u8], name: &str, weight: f64) -> Result<(), CodedError> {
+        if self.in_flight.is_some() {
+            return Err(CodedError::invalid(
+                "addLora after beginWeights: add LoRAs first",
+            ));
+        }
+        let file = crate::lora::parse_lora(bytes, name).map_err(coded)?;
+        self.builder()?
+            .add_lora(std::sync::Arc::new(file), weight as f32);
+        Ok(())
     }
 
     #[wasm_bindgen(js_name = setSchedulerConfig)]
@@ -190,10 +210,12 @@ impl ModelLoader {
             .builder
             .take()
             .ok_or_else(|| CodedError::invalid("this loader was already built"))?;
+        let loras = builder.loras().clone();
         let sd = builder.build().map_err(coded)?;
         Ok(Generator {
             sd: Rc::new(sd),
             cancel: Rc::new(Cell::new(false)),
+            loras: Rc::new(loras),
         })
     }
 }

@@ -763,6 +763,24 @@ impl LdmKeyMap {
     }
 }
 
+/// Every UNet tensor as (diffusers name, LDM/SGM name without `model.diffusion_model.`): the
+/// names kohya's SDXL LoRAs give the UNet's layers (`input_blocks.4.1.…`).
+pub fn unet_ldm_names(unet: &UNet2DConditionConfig) -> Vec<(String, String)> {
+    let mut b = Builder { pairs: Vec::new() };
+    b.unet(unet);
+    b.pairs
+        .into_iter()
+        .map(|p| {
+            let ldm = p
+                .ldm
+                .strip_prefix(UNET_PREFIX)
+                .unwrap_or(&p.ldm)
+                .to_string();
+            (p.diffusers, ldm)
+        })
+        .collect()
+}
+
 /// Small rules for name variants found in the wild: checkpoints saved with transformers < 4.x
 /// have SD 1.x's CLIP without the `text_model.` level.
 pub fn normalize_ldm_name(name: &str) -> std::borrow::Cow<'_, str> {
