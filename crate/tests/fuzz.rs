@@ -1,6 +1,6 @@
 //! Every fuzz target (`sdweb::fuzzing`) on its committed seed corpus (`fuzz/seeds/<target>/`),
 //! then on random mutations of it for a bounded time: `SDWEB_FUZZ_SECONDS` per target (default
-//! 10; CI runs the default), seeded by `SDWEB_FUZZ_SEED` (default 1, so a CI failure repeats).
+//! 5; CI runs the default), seeded by `SDWEB_FUZZ_SEED` (default 1, so a CI failure repeats).
 //! A failing input is written to `target/fuzz-failures/<target>-<hash>` and named in the panic;
 //! `SDWEB_FUZZ_INPUT=FILE SDWEB_FUZZ_SECONDS=0 cargo test --test fuzz TARGET` runs just that one.
 //!
@@ -239,7 +239,7 @@ fn fuzz(name: &str) {
         let file = File::create(&path).unwrap();
         (path, file)
     });
-    let budget = Duration::from_secs_f64(env_or("SDWEB_FUZZ_SECONDS", 10.0));
+    let budget = Duration::from_secs_f64(env_or("SDWEB_FUZZ_SECONDS", 5.0));
     let mut rng = Rng(env_or("SDWEB_FUZZ_SEED", 1u64).max(1));
     // Panics are expected and caught here; their default report would flood the log.
     let report = std::panic::take_hook();

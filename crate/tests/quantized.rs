@@ -302,10 +302,15 @@ fn quantised_copies(model: &str) -> (Vec<(String, StableDiffusion)>, std::path::
     (models, out)
 }
 
-/// The f32, q8_0 and q4_0 models' images for every scheduler: PSNR vs f32 printed for the
+/// The f32, q8_0 and q4_0 models' images for each of `schedulers`: PSNR vs f32 printed for the
 /// notes and held above `floors` (q8_0, q4_0).
-fn check_psnr_per_scheduler(what: &str, models: &[(String, StableDiffusion)], floors: (f64, f64)) {
-    for scheduler in SchedulerKind::ALL {
+fn check_psnr_per_scheduler(
+    what: &str,
+    models: &[(String, StableDiffusion)],
+    schedulers: &[SchedulerKind],
+    floors: (f64, f64),
+) {
+    for &scheduler in schedulers {
         let request = GenerateRequest {
             prompt: "a lighthouse on a cliff".into(),
             negative_prompt: String::new(),
@@ -364,8 +369,11 @@ fn sdxl_folders_quantise_with_both_text_encoders() {
     );
     assert!(out.join("q8_0/tokenizer_2/tokenizer.json").is_file());
     assert!(models.iter().all(|(_, m)| m.text_encoder_2().is_some()));
-    // About 3 dB under the lowest measured values (q8_0 53.5 dB, q4_0 39.0 dB).
-    check_psnr_per_scheduler("sdxl_tiny", &models, (50.5, 36.0));
+    // About 3 dB under the lowest measured values of all 7 schedulers (q8_0 53.5 dB, q4_0
+    // 39.0 dB, README); CI runs the three SDXL(-Turbo) users pick most.
+    let schedulers =
+        ["euler", "euler-a", "dpmpp-2m-karras"].map(|n| SchedulerKind::from_name(n).unwrap());
+    check_psnr_per_scheduler("sdxl_tiny", &models, &schedulers, (50.5, 36.0));
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -376,7 +384,7 @@ fn quantised_folders_generate_close_to_f32_for_every_scheduler() {
     let (models, out) = quantised_copies("sd1_tiny");
     // About 3 dB under the lowest measured values (q8_0 55.3 dB, q4_0 41.5 dB): a real
     // loss of quality fails, rounding differences between adapters do not.
-    check_psnr_per_scheduler("sd1_tiny", &models, (52.0, 38.5));
+    check_psnr_per_scheduler("sd1_tiny", &models, &SchedulerKind::ALL, (52.0, 38.5));
     let _ = std::fs::remove_dir_all(&out);
 }
 
