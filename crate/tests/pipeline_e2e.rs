@@ -542,16 +542,6 @@ mod lora {
         decode_rgb(&bytes).0
     }
 
-    fn psnr(a: &[u8], b: &[u8]) -> f64 {
-        let mse = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-            .sum::<f64>()
-            / a.len() as f64;
-        10.0 * (255.0f64.powi(2) / mse.max(1e-10)).log10()
-    }
-
     #[test]
     fn lora_images_match_diffusers_fuse_lora() {
         let cases = cases();

@@ -148,16 +148,6 @@ fn quantised_unet_and_text_encoder_stay_close_to_f32() {
     }
 }
 
-fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum::<f64>()
-        / a.len() as f64;
-    10.0 * (255.0f64.powi(2) / mse.max(1e-10)).log10()
-}
-
 /// `sdweb quantize` stores the token embedding quantised too (the download shrinks; at SD 1.5
 /// size q4_0 saves 55 of its 76 MB), and the loader dequantises it into row shards: the text
 /// encoder stays within the bounds, with the embedding's own share of the error shown apart.

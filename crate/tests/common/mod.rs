@@ -183,6 +183,17 @@ pub fn image_errors(ours: &[u8], reference: &[u8]) -> (u8, f64) {
 }
 
 /// The f32 end-to-end tolerance of the engine issue: max 3/255, mean 0.5/255.
+/// PSNR of two RGB8 images in dB (identical images: 100 dB).
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (255.0f64.powi(2) / mse.max(1e-10)).log10()
+}
+
 pub fn assert_image_close(name: &str, ours: &[u8], reference: &[u8]) {
     let (max, mean) = image_errors(ours, reference);
     eprintln!("{name}: max {max}/255, mean {mean:.3}/255");
