@@ -381,3 +381,20 @@ fn a1111_prompt_syntax_matches_the_reference_on_sdxl() {
         );
     }
 }
+
+/// An LCM-distilled SDXL UNet (`time_cond_proj_dim`, as latent-consistency/lcm-sdxl): the
+/// guidance scale embedded, no CFG batch, as StableDiffusionXLPipeline runs it.
+#[test]
+fn sdxl_lcm_distilled_unet_matches_diffusers() {
+    let case = e2e_cases()
+        .into_iter()
+        .find(|c| c.model == "sdxl_tiny_lcm")
+        .expect("the fixture's SDXL LCM case");
+    let model =
+        StableDiffusion::load(&fixtures().join(&case.model), &device(), DType::F32).unwrap();
+    assert!(!model.uses_cfg(case.guidance));
+    let out =
+        pollster::block_on(model.generate(&case_request(&case), &StdClock::default(), &mut |_| {}))
+            .unwrap();
+    assert_image_close(&case.name, &out.rgb, &reference_rgb(&case));
+}
